@@ -1,0 +1,39 @@
+"""Home: what the course teaches, the learning path, the learner's progress."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from course import widgets
+from course.lessons import SECTIONS, load_intro
+from course.summary import lesson_progress, overall
+
+
+def render(pages: dict[str, st.Page]) -> None:
+    st.title("Natural Gradient in Deep Learning")
+    st.markdown(load_intro())
+
+    lessons = widgets.lessons()
+    latest = widgets.latest_attempts()
+    progress = {x.slug: lesson_progress(x, latest) for x in lessons}
+    st.header("Your progress")
+    done = overall(list(progress.values()))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Learner", widgets.learner())
+    c2.metric("Course complete", f"{done:.0%}")
+    c3.metric("Graded answers correct", f"{sum(p.graded_correct for p in progress.values())} / "
+              f"{sum(p.graded_total for p in progress.values())}")
+
+    st.header("Learning path")
+    for section in SECTIONS:
+        in_section = [x for x in lessons if x.section == section]
+        if not in_section:
+            continue
+        st.subheader(section)
+        for lesson in in_section:
+            p = progress[lesson.slug]
+            with st.container(border=True):
+                st.page_link(pages[lesson.slug], label=f"{lesson.order}. {lesson.title}", icon=lesson.icon or None)
+                st.caption(f"{lesson.summary} · about {lesson.minutes} min · {len(lesson.labs)} labs · "
+                           f"{len(lesson.questions)} questions")
+                st.progress(p.fraction, text=f"{p.done} of {p.total} done")

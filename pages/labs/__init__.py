@@ -1,0 +1,15 @@
+"""Lab renderers by lab id.
+
+A lesson's ``lesson.yaml`` lists its labs; a lab whose id has a renderer here is
+drawn by it, any other gets an honest "not built yet" frame. A renderer takes
+the :class:`course.lessons.Lab` and draws widgets and figures by calling
+``natgrad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from course.lessons import Lab
+
+LABS: dict[str, Callable[[Lab], None]] = {}

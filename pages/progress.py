@@ -1,0 +1,55 @@
+"""My progress: every saved answer, export as JSON or CSV, and reset."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from course import widgets
+from course.summary import lesson_progress
+
+
+def render() -> None:
+    name = widgets.learner()
+    st.title("My progress")
+    st.caption(f"Learner: **{name}** · change the name in the sidebar.")
+    lessons = widgets.lessons()
+    latest = widgets.latest_attempts()
+    rows = []
+    for lesson in lessons:
+        p = lesson_progress(lesson, latest)
+        rows.append({
+            "lesson": f"{lesson.order}. {lesson.title}",
+            "graded answered": f"{p.graded_answered}/{p.graded_total}",
+            "graded correct": p.graded_correct,
+            "reflections": f"{p.reflections_done}/{p.reflections_total}",
+            "done": round(100 * p.fraction),
+        })
+    st.dataframe(
+        rows,
+        hide_index=True,
+        column_config={"done": st.column_config.ProgressColumn("done", format="%d%%", min_value=0, max_value=100)},
+    )
+
+    st.header("Export")
+    store = widgets.store()
+    try:
+        as_json, as_csv = store.export_json(name), store.export_csv(name)
+    except Exception as exc:  # a broken store must not break the page
+        st.error(f"Export is unavailable right now: {exc}")
+    else:
+        c1, c2 = st.columns(2)
+        c1.download_button("Download JSON", as_json, file_name=f"natgrad-progress-{name}.json", mime="application/json")
+        c2.download_button("Download CSV", as_csv, file_name=f"natgrad-progress-{name}.csv", mime="text/csv")
+
+    st.header("Reset")
+    with st.form("reset"):
+        sure = st.checkbox(f"Yes, delete every saved answer of **{name}**")
+        if st.form_submit_button("Reset my progress", type="primary"):
+            if not sure:
+                st.warning("Tick the box first; nothing was deleted.")
+            else:
+                n = widgets.save(lambda s: s.reset(name))
+                st.session_state["_reset_note"] = f"Deleted {n} saved answers of {name}."
+                st.rerun()
+    if note := st.session_state.pop("_reset_note", None):
+        st.success(note)

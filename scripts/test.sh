@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run them all (unit, AppTest, browser).
+# Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "Installing Debian's chromium for the browser tests ..."
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || {
+        $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
+fi
+python -m pip install -q -r requirements-dev.txt
+python -m ruff check .
+python -m pytest "$@"

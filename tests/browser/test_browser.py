@@ -1,0 +1,63 @@
+"""The real server in headless Chromium: every page renders without an
+exception; an answer survives a reload."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from course.lessons import load_lessons
+
+LESSONS = load_lessons()
+PAGES = ["home", "progress"] + [x.slug for x in LESSONS]
+
+
+def settle(page) -> None:
+    """Wait until the script run has finished and the page is drawn."""
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_selector('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]')
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=60_000,
+    )
+    page.wait_for_timeout(500)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_page_renders_without_exception(server, page, path):
+    page.goto(f"{server['url']}/{path}")
+    settle(page)
+    if path in {x.slug for x in LESSONS}:
+        lesson = next(x for x in LESSONS if x.slug == path)
+        page.get_by_role("heading", name="Sources").wait_for()
+        assert lesson.title in page.locator("h1").first.inner_text()
+        assert page.locator('[data-testid="stForm"]').count() == len(lesson.questions)
+        assert page.locator(".katex").count() > 0, "maths is typeset by KaTeX"
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "Traceback" not in page.content()
+
+
+def test_answer_survives_reload(server, page):
+    lesson = next(x for x in LESSONS if x.slug == "kfac")
+    index, q = next((i, q) for i, q in enumerate(lesson.questions) if q.kind == "single")
+    right = next(i for i, o in enumerate(q.options) if o.correct)
+    page.goto(f"{server['url']}/{lesson.slug}")
+    settle(page)
+    form = page.locator('[data-testid="stForm"]').nth(index)
+    form.scroll_into_view_if_needed()
+    form.locator('[data-testid="stRadio"] label').nth(right).click()
+    form.get_by_role("button", name="Check answer").click()
+    page.get_by_text("Correct.", exact=True).first.wait_for()
+
+    page.reload()
+    settle(page)
+    page.get_by_role("heading", name="Sources").wait_for()
+    assert page.get_by_text("Correct.", exact=True).count() >= 1
+    form = page.locator('[data-testid="stForm"]').nth(index)
+    assert form.locator('input[type="radio"]').nth(right).is_checked()
+    assert page.locator('[data-testid="stException"]').count() == 0
+    with sqlite3.connect(server["db"]) as conn:
+        rows = conn.execute("SELECT learner, lesson, question, correct FROM attempts").fetchall()
+    assert ("guest", lesson.slug, q.id, 1) in rows
