@@ -10,6 +10,8 @@ if ! command -v chromium >/dev/null 2>&1; then
     $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || {
         $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
 fi
-python -m pip install -q -r requirements-dev.txt
+python -m pip install -q -c constraints.txt -r requirements-dev.txt
+# Oracles without their dependency resolution: some would replace the pinned torch.
+python -m pip install -q --no-deps -c constraints.txt -r requirements-oracles.txt
 python -m ruff check .
 python -m pytest "$@"
