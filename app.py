@@ -12,9 +12,9 @@ from course import widgets
 from course.lessons import SECTIONS, Lesson, LessonError
 from course.progress import default_path
 from course.summary import lesson_progress, overall
-from pages import home, lesson, progress
+from views import home, lesson, progress
 
-st.set_page_config(page_title="Natural Gradient in Deep Learning", page_icon="📐", layout="wide")
+st.set_page_config(page_title="Natural Gradient in Deep Learning", page_icon=":material/school:", layout="wide")
 
 
 @st.cache_resource(show_spinner=False)
@@ -42,7 +42,7 @@ def sidebar(lessons: list[Lesson]) -> None:
         done = overall([lesson_progress(x, latest) for x in lessons])
         st.progress(done, text=f"{name}: {done:.0%} of the course done")
         if warning := widgets.store_warning():
-            st.warning(warning, icon="⚠️")
+            st.warning(warning, icon=":material/warning:")
         else:
             st.caption(f"Progress saved in `{default_path()}`")
         st.caption(f"Labs run on: **{device_label()}**")
@@ -57,8 +57,8 @@ def main() -> None:
     pages: dict[str, st.Page] = {}
     for item in lessons:
         pages[item.slug] = lesson_page(item, pages)
-    home_page = st.Page(lambda: home.render(pages), title="Home", icon="🏠", url_path="home", default=True)
-    progress_page = st.Page(progress.render, title="My progress", icon="📊", url_path="progress")
+    home_page = st.Page(lambda: home.render(pages), title="Home", icon=":material/home:", url_path="home", default=True)
+    progress_page = st.Page(progress.render, title="My progress", icon=":material/insights:", url_path="progress")
     sections: dict[str, list[st.Page]] = {"Course": [home_page, progress_page]}
     for section in SECTIONS:
         members = [pages[x.slug] for x in lessons if x.section == section]

@@ -236,6 +236,13 @@ def _parse_question(raw: Any, path: Path, index: int) -> Question:
     return Question(reference=_str(raw, "reference", path, f"{where}."), **common)
 
 
+def _icon(meta: dict, path: Path) -> str:
+    icon = _str(meta, "icon", path, required=False)
+    if icon and not re.fullmatch(r":material/[a-z0-9_]+:", icon):
+        raise LessonError(path, "icon", f"{icon!r} must look like ':material/name:'")
+    return icon
+
+
 def load_lesson(folder: Path) -> Lesson:
     """Load and validate one lesson folder."""
     meta_path = folder / "lesson.yaml"
@@ -327,7 +334,7 @@ def load_lesson(folder: Path) -> Lesson:
         labs=tuple(labs),
         questions=questions,
         body=body,
-        icon=_str(meta, "icon", meta_path, required=False),
+        icon=_icon(meta, meta_path),
         related=tuple(related),
         folder=folder,
     )

@@ -102,10 +102,10 @@ def learner() -> str:
 def lab_placeholder(lab: Lab) -> None:
     """An honest frame for a lab that is not built yet."""
     with st.container(border=True):
-        st.markdown(f"#### 🧪 Lab: {lab.title}")
+        st.markdown(f"#### :material/science: Lab: {lab.title}")
         st.markdown(lab.description)
         where = f" It is tracked as issue #{lab.issue}." if lab.issue else ""
-        st.caption(f"🚧 Not built yet: this lab is planned and will appear here.{where}")
+        st.caption(f":material/construction: Not built yet: this lab is planned and will appear here.{where}")
 
 
 def lab_frame(lab: Lab, render: Callable[[Lab], None] | None) -> None:
@@ -114,7 +114,7 @@ def lab_frame(lab: Lab, render: Callable[[Lab], None] | None) -> None:
         lab_placeholder(lab)
         return
     with st.container(border=True):
-        st.markdown(f"#### 🧪 Lab: {lab.title}")
+        st.markdown(f"#### :material/science: Lab: {lab.title}")
         try:
             render(lab)
         except Exception as exc:  # a lab must never show a traceback to a learner
@@ -150,12 +150,12 @@ def _feedback(q: Question, a: Attempt) -> None:
     if q.kind in ("single", "multiple"):
         chosen = {a.response} if q.kind == "single" else set(a.response or [])
         if a.correct:
-            st.success("Correct.", icon="✅")
+            st.success("Correct.", icon=":material/check_circle:")
         else:
-            st.error("Not quite. Read the explanations, then try again.", icon="❌")
+            st.error("Not quite. Read the explanations, then try again.", icon=":material/cancel:")
         lines = []
         for i, o in enumerate(q.options):
-            mark = "✅" if o.correct else "✖️"
+            mark = ":material/check_circle:" if o.correct else ":material/close:"
             yours = " *(your choice)*" if i in chosen else ""
             lines.append(f"- {mark} **{o.text}**{yours}: {o.explanation}")
         st.markdown("\n".join(lines))
@@ -164,13 +164,13 @@ def _feedback(q: Question, a: Attempt) -> None:
             msg = grade(q, a.response).message
         except ResponseError:
             msg = "Correct." if a.correct else "Not quite."
-        (st.success if a.correct else st.error)(msg, icon="✅" if a.correct else "❌")
+        (st.success if a.correct else st.error)(msg, icon=":material/check_circle:" if a.correct else ":material/cancel:")
     if q.explanation:
         st.info(q.explanation)
 
 
 def _reflection_followup(lesson: Lesson, q: Question, a: Attempt) -> None:
-    st.success("Answer saved.", icon="💾")
+    st.success("Answer saved.", icon=":material/save:")
     st.markdown("**Reference answer**")
     st.info(q.reference)
     with st.form(key=f"rate:{lesson.slug}:{q.id}"):

@@ -7,7 +7,7 @@ import streamlit as st
 from course import widgets
 from course.lessons import Lesson
 from course.summary import lesson_progress
-from pages.labs import LABS
+from views.labs import LABS
 
 
 def render(lesson: Lesson, pages: dict[str, st.Page]) -> None:

@@ -1,2 +1,0 @@
-"""Thin Streamlit pages. Each module exposes ``render(...)``; ``app.py`` wires
-them into ``st.navigation``."""
