@@ -1,0 +1,1 @@
+"""Rerunnable benchmarks: ``python -m natgrad.bench kfac [--quick]``."""

@@ -1,0 +1,94 @@
+"""Memory and FLOP counts of curvature representations, computed not typed.
+
+For a dense layer ``W`` of shape ``(m, n)`` (``m`` outputs, ``n`` inputs;
+with a bias the input side is ``n + 1``):
+
+* exact Fisher block: ``(m n)^2`` entries, ``O((m n)^3)`` to invert;
+* K-FAC: ``A`` is ``n x n`` and ``G`` is ``m x m``: ``m^2 + n^2`` entries,
+  ``O(m^3 + n^3)`` to invert (eigendecompose), ``O(m^2 n + m n^2)`` to apply;
+* diagonal (Adam-like): ``m n`` entries, ``O(m n)`` to apply.
+
+Martens & Grosse 2015 (arXiv 1503.05671); facts.md row 7. Shampoo keeps a
+statistic and its inverse root per factor, so twice the factor memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+# Dense symmetric eigendecomposition is about 9 n^3 flops (Golub & Van Loan); we
+# report the leading n^3 order with this constant so that numbers are comparable.
+EIGH_FLOPS = 9.0
+
+
+@dataclass(frozen=True)
+class CurvatureCost:
+    name: str
+    entries: int  # stored numbers
+    bytes: int
+    invert_flops: float  # to (re)compute the inverse / eigendecomposition
+    apply_flops: float  # to precondition one gradient
+
+
+def layer_costs(m: int, n: int, *, bias: bool = True, dtype: str = "float32") -> list[CurvatureCost]:
+    """Costs of the exact block, K-FAC and the diagonal for one ``(m, n)`` layer."""
+    if m <= 0 or n <= 0:
+        raise ValueError("layer sizes must be positive")
+    b = DTYPE_BYTES[dtype]
+    n_in = n + 1 if bias else n
+    p = m * n_in
+    exact = CurvatureCost("exact Fisher block", p * p, p * p * b, EIGH_FLOPS * float(p) ** 3, 2.0 * float(p) ** 2)
+    kfac_entries = m * m + n_in * n_in
+    kfac = CurvatureCost(
+        "K-FAC (A and G)",
+        kfac_entries,
+        kfac_entries * b,
+        EIGH_FLOPS * (float(m) ** 3 + float(n_in) ** 3),
+        2.0 * (float(m) ** 2 * n_in + m * float(n_in) ** 2),
+    )
+    diag = CurvatureCost("diagonal", p, p * b, 0.0, 2.0 * p)
+    return [exact, kfac, diag]
+
+
+def factor_bytes(dim: int, dtype: str = "float32") -> int:
+    """Bytes of one dense ``dim x dim`` factor (facts.md row 6: 32000 -> 4.1 GB fp32)."""
+    return dim * dim * DTYPE_BYTES[dtype]
+
+
+def measure_eigh_seconds(dim: int, *, device: torch.device | str = "cpu", dtype=torch.float32,
+                         repeats: int = 3, max_dim: int = 4096) -> float | None:
+    """Median seconds to eigendecompose a random SPD ``dim x dim`` matrix on ``device``.
+
+    Returns None when ``dim > max_dim`` (too slow or too large to try here).
+    """
+    if dim > max_dim:
+        return None
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(dim, 2 * dim, generator=g, dtype=dtype)
+    spd = (x @ x.T / (2 * dim) + 1e-3 * torch.eye(dim, dtype=dtype)).to(device)
+    run_device = "cpu" if device.type == "mps" else device  # eigh is not implemented on MPS
+    spd = spd.to(run_device)
+    times = []
+    for _ in range(repeats):
+        if spd.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.linalg.eigh(spd)
+        if spd.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def human_bytes(n: float) -> str:
+    """SI units (GB = 1e9 bytes), as memory is usually quoted for accelerators."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if abs(n) < 1000 or unit == "EB":
+            return f"{n:.3g} {unit}"
+        n /= 1000.0
+    return f"{n:.3g} EB"

@@ -1,0 +1,9 @@
+"""Figures for the labs: pure functions from results to plotly figures.
+
+No state, no I/O, no streamlit. Colours are fixed per optimizer so a learner
+sees the same colour for K-FAC on every page.
+"""
+
+from natgrad.viz.figures import COLORS, cost_figure, fisher_figure, loss_figure, traces_figure
+
+__all__ = ["COLORS", "cost_figure", "fisher_figure", "loss_figure", "traces_figure"]

@@ -1,0 +1,59 @@
+"""experiments.run against a hand-written training loop; divergence and stop."""
+
+import math
+
+import torch
+
+from natgrad.experiments import Spec, run
+from natgrad.tasks.digits import autoencoder_loss, digits_autoencoder, load_digits_tensors
+
+
+def test_spec_is_hashable_and_order_independent():
+    a = Spec.make({"lr": 1e-3, "beta1": 0.9}, optimizer="adam")
+    b = Spec.make({"beta1": 0.9, "lr": 1e-3}, optimizer="adam")
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+
+
+def test_adam_run_equals_manual_loop():
+    traj = run(Spec.make({"lr": 3e-3}, optimizer="adam", steps=15))
+    X, _ = load_digits_tensors()
+    model = digits_autoencoder(seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = autoencoder_loss(model(X), X)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert traj.loss == losses
+    assert traj.status == "ok" and traj.step == list(range(15))
+    assert all(b >= a for a, b in zip(traj.seconds, traj.seconds[1:], strict=False))
+
+
+def test_divergence_stops_with_words():
+    traj = run(Spec.make({"lr": 10.0, "momentum": 0.9}, optimizer="sgd", steps=200))
+    assert traj.status == "diverged"
+    assert len(traj.loss) < 200
+    assert "Diverged at step" in traj.message and "learning rate" in traj.message
+    assert not math.isfinite(traj.loss[-1]) or traj.loss[-1] > 1e3 * traj.loss[0]
+
+
+def test_stop_request_and_progress():
+    seen = []
+    traj = run(Spec.make({"lr": 1e-3}, optimizer="adam", steps=100), progress=lambda d, t: seen.append(d),
+               should_stop=lambda: len(seen) >= 3)
+    assert traj.status == "stopped" and len(traj.loss) == 6 and seen == [2, 4, 6]
+
+
+def test_unknown_optimizer_is_an_error_not_a_crash():
+    traj = run(Spec.make({}, optimizer="nope", steps=3))
+    assert traj.status == "error" and "nope" in traj.message
+
+
+def test_steps_and_seconds_to_target():
+    traj = run(Spec.make({"lr": 3e-3}, optimizer="adam", steps=30))
+    target = traj.loss[10]
+    assert traj.steps_to(target) <= 10
+    assert traj.seconds_to(target) == traj.seconds[traj.steps_to(target)]
+    assert traj.steps_to(-1.0) is None
