@@ -92,3 +92,46 @@ def human_bytes(n: float) -> str:
             return f"{n:.3g} {unit}"
         n /= 1000.0
     return f"{n:.3g} EB"
+
+
+@dataclass(frozen=True)
+class ShampooMemory:
+    shape: tuple[int, int]
+    block_size: int | None
+    blocks: int
+    factor_bytes: int  # statistics L and R of every block
+    root_bytes: int  # their inverse roots (same size)
+    per_rank: list[int]  # bytes held by each of world_size ranks (greedy by bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.factor_bytes + self.root_bytes
+
+
+def _split(dim: int, block: int | None) -> list[int]:
+    if block is None or dim <= block:
+        return [dim]
+    return [block] * (dim // block) + ([dim % block] if dim % block else [])
+
+
+def shampoo_memory(m: int, n: int, *, dtype: str = "float32", block_size: int | None = None,
+                   world_size: int = 1) -> ShampooMemory:
+    """Bytes Shampoo keeps for one ``(m, n)`` matrix parameter.
+
+    Each block ``(bm, bn)`` has statistics ``L`` (bm x bm) and ``R`` (bn x bn)
+    plus their inverse roots, so ``2 (bm^2 + bn^2)`` numbers. With
+    ``block_size`` every dimension is cut into pieces of at most that size
+    (Shi et al. 2023, ``max_preconditioner_dim``). Blocks are spread over
+    ``world_size`` ranks largest first, each to the least-loaded rank, so
+    ``per_rank`` shows what sharding buys (Anil et al. 2020; Shi et al. 2023).
+    """
+    if m <= 0 or n <= 0 or world_size <= 0:
+        raise ValueError("sizes and world_size must be positive")
+    b = DTYPE_BYTES[dtype]
+    block_bytes = sorted((b * (bm * bm + bn * bn) for bm in _split(m, block_size) for bn in _split(n, block_size)),
+                         reverse=True)
+    per_rank = [0] * world_size
+    for nbytes in block_bytes:
+        per_rank[per_rank.index(min(per_rank))] += 2 * nbytes  # statistic + root
+    stats = sum(block_bytes)
+    return ShampooMemory((m, n), block_size, len(block_bytes), stats, stats, per_rank)

@@ -6,6 +6,7 @@ hard-codes "cuda"; code takes a ``torch.device`` from here or from a spec.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ import torch
 @dataclass(frozen=True)
 class DeviceInfo:
     kind: str  # "cuda" | "mps" | "cpu"
-    name: str  # e.g. "NVIDIA H200", "Apple MPS", "CPU (2 threads)"
+    name: str  # e.g. "NVIDIA H200", "Apple MPS", "CPU (2 cores)"
     torch_version: str
 
     @property
@@ -50,5 +51,5 @@ def describe(device: torch.device | str | None = None) -> DeviceInfo:
     elif device.type == "mps":
         name = "Apple MPS"
     else:
-        name = f"CPU ({torch.get_num_threads()} threads)"
+        name = f"CPU ({os.cpu_count()} cores)"
     return DeviceInfo(kind=device.type, name=name, torch_version=torch.__version__.split("+")[0])

@@ -40,3 +40,21 @@ def test_cost_ordering_holds_for_every_layer_size():
         assert e.entries >= k.entries or m * (n + 1) <= 2  # exact never cheaper except trivial
         assert d.entries == m * (n + 1)
         assert e.bytes == 8 * e.entries
+
+
+def test_shampoo_memory_unblocked_factor_is_4_1_gb():
+    r = costs.shampoo_memory(32000, 32000, dtype="float32")
+    assert r.factor_bytes == 2 * 32000**2 * 4  # L and R
+    assert r.total_bytes == 2 * r.factor_bytes  # plus their roots
+    assert r.factor_bytes / 2 / 1e9 == pytest.approx(4.096)
+
+
+def test_shampoo_memory_blocking_and_sharding():
+    r = costs.shampoo_memory(32000, 4096, block_size=1024, world_size=4)
+    assert r.blocks == 32 * 4  # 31 full row blocks + one of 256 rows, 4 column blocks
+    expected = 4 * (2 * (31 * (1024**2 + 1024**2) + (256**2 + 1024**2)) * 4)
+    assert r.total_bytes == expected
+    assert sum(r.per_rank) == r.total_bytes
+    assert max(r.per_rank) <= 1.25 * r.total_bytes / 4
+    two = costs.shampoo_memory(1000, 1000, world_size=2)  # one block: cannot be split
+    assert sorted(two.per_rank) == [0, two.total_bytes]
