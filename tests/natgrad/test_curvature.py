@@ -33,6 +33,7 @@ from natgrad.curvature import (
     per_example_grads,
     relative_error,
 )
+from tests.natgrad.models import mlp
 
 curvlinops = pytest.importorskip("curvlinops")
 
@@ -41,13 +42,7 @@ N = 7
 
 
 def _mlp(widths, act=nn.Tanh, seed=0):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if act is not None and i < len(widths) - 2:
-            layers.append(act())
-    return nn.Sequential(*layers).to(DT)
+    return mlp(widths, act, seed, DT)
 
 
 def _problem(likelihood, widths=None, act=nn.Tanh, n=N, seed=0):

@@ -1,0 +1,166 @@
+"""DistributedShampoo on 1, 2 and 3 gloo ranks (spawned on 127.0.0.1 by
+natgrad.distributed.launch) against single-process Shampoo, and the launcher's
+handling of a rank that raises or hangs.
+
+Tolerance: with identical gradients on every rank the all-gather only moves
+numbers and each block is computed with the same kernels as in one process,
+so parameters must be bit-identical (torch.equal). With sharded data the
+all-reduced mean is (g0 + g1) / 2 on 2 ranks, which the reference reproduces
+exactly too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+import torch
+
+from natgrad.distributed import DistributedRunError, launch
+from natgrad.optim import shampoo_blocks as sb
+from natgrad.optim.distributed_shampoo import DistributedShampoo
+from natgrad.optim.shampoo import Shampoo
+from natgrad.tasks.digits import autoencoder_loss, digits_autoencoder, load_digits_tensors
+
+WIDTHS = (64, 48, 16, 48, 64)
+KW = dict(lr=3e-3, precondition_frequency=3, start_preconditioning_step=2, max_preconditioner_dim=20,
+          statistics="ema", beta2=0.99, momentum=0.5)
+STEPS = 20
+
+
+def _grads_for(model, X):
+    model.zero_grad()
+    autoencoder_loss(model(X), X).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _train_worker(rank: int, world_size: int, shard: bool) -> dict:
+    X = load_digits_tensors()[0][:240]  # (240, 64)
+    model = digits_autoencoder(seed=0, widths=WIDTHS)
+    opt = DistributedShampoo(model.parameters(), average_gradients=shard, **KW)
+    data = X[rank::world_size] if shard else X
+    for _ in range(STEPS):
+        opt.zero_grad()
+        autoencoder_loss(model(data), data).backward()
+        opt.step()
+    out = dict(params=[p.detach().clone() for p in model.parameters()], report=opt.rank_report(),
+               held=sum(sb.block_state_bytes(b) for p in model.parameters() for b in opt.state[p]["blocks"].values()))
+    if rank == 0:  # the single-process reference, in the same process (same threads, same kernels)
+        ref_model = digits_autoencoder(seed=0, widths=WIDTHS)
+        ref = Shampoo(ref_model.parameters(), **KW)
+        for _ in range(STEPS):
+            if shard:
+                per_rank = [_grads_for(ref_model, X[r::world_size]) for r in range(world_size)]
+                for i, p in enumerate(ref_model.parameters()):
+                    total = per_rank[0][i]
+                    for g in per_rank[1:]:
+                        total = total + g[i]
+                    p.grad = total / world_size
+            else:
+                _grads_for(ref_model, X)
+            ref.step()
+        out["reference"] = [p.detach().clone() for p in ref_model.parameters()]
+        out["reference_bytes"] = ref.preconditioner_bytes()
+        out["all_blocks"] = sorted((b.key, b.name) for bl in ref.blocks().values() for b in bl)
+    return out
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_distributed_equals_single_process(world_size):
+    shard = world_size == 2  # 2 ranks also check the gradient all-reduce on sharded data
+    results = launch(_train_worker, world_size, args=(shard,), timeout_s=60)
+    ref = results[0]
+    for res in results:
+        for p, q in zip(res["params"], ref["reference"], strict=True):
+            assert torch.equal(p, q)
+    reports = [r["report"] for r in results]
+    assert [r["rank"] for r in reports] == list(range(world_size))
+    # memory: the shards add up exactly to the single-process total, and match what is allocated
+    assert sum(r["preconditioner_bytes"] for r in reports) == ref["reference_bytes"]
+    assert [r["preconditioner_bytes"] for r in reports] == [r["held"] for r in results]
+    assert all(r["statistics_bytes"] + r["root_bytes"] == r["preconditioner_bytes"] for r in reports)
+    # blocks are disjoint and cover everything
+    owned = [(tuple(b["key"]), b["name"]) for r in reports for b in r["blocks"]]
+    assert len(owned) == len(set(owned)) and sorted(owned) == ref["all_blocks"]
+    if world_size > 1:
+        assert all(r["blocks"] for r in reports) and all(r["comm_seconds"] > 0 for r in reports)
+
+
+def test_greedy_assignment_is_deterministic_and_balanced():
+    """Largest first to the least-loaded rank; costs sum(d^3): a 54, b 16, e 16 (tie: lower key first), d 5
+    (diagonal: numel), c 2."""
+    blocks = [sb.Block((0, 0), "a", (), (3, 3), False, torch.float32),
+              sb.Block((1, 0), "b", (), (2, 2), False, torch.float32),
+              sb.Block((2, 0), "c", (), (1, 1), False, torch.float32),
+              sb.Block((3, 0), "d", (), (5,), True, torch.float32),
+              sb.Block((4, 0), "e", (), (2, 2), False, torch.float32)]
+    assert sb.assign_blocks(blocks, 2) == {(0, 0): 0, (1, 0): 1, (4, 0): 1, (3, 0): 1, (2, 0): 1}
+    assert sb.assign_blocks(blocks, 1) == {b.key: 0 for b in blocks}
+
+
+def test_without_process_group_it_is_shampoo():
+    X = load_digits_tensors()[0][:100]
+    models = [digits_autoencoder(seed=0, widths=WIDTHS) for _ in range(2)]
+    opts = [DistributedShampoo(models[0].parameters(), **KW), Shampoo(models[1].parameters(), **KW)]
+    for model, opt in zip(models, opts, strict=True):
+        for _ in range(5):
+            opt.zero_grad()
+            autoencoder_loss(model(X), X).backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True))
+    assert opts[0].rank_report()["preconditioner_bytes"] == opts[1].preconditioner_bytes()
+
+
+def _failing_worker(rank: int, world_size: int) -> None:
+    X = load_digits_tensors()[0][:64]
+    model = digits_autoencoder(seed=0, widths=WIDTHS)
+    opt = DistributedShampoo(model.parameters(), start_preconditioning_step=1)
+    for step in range(10):
+        if rank == 1 and step == 3:
+            raise ValueError("injected failure on rank 1")
+        opt.zero_grad()
+        autoencoder_loss(model(X), X).backward()
+        opt.step()
+
+
+def _hanging_worker(rank: int, world_size: int) -> None:
+    X = load_digits_tensors()[0][:64]
+    model = digits_autoencoder(seed=0, widths=WIDTHS)
+    opt = DistributedShampoo(model.parameters(), start_preconditioning_step=1)
+    for step in range(10):
+        if rank == 1 and step == 2:
+            time.sleep(120)  # hangs; rank 0 waits in the all-gather
+        opt.zero_grad()
+        autoencoder_loss(model(X), X).backward()
+        opt.step()
+
+
+def test_a_rank_that_raises_is_named():
+    t0 = time.monotonic()
+    with pytest.raises(DistributedRunError, match=r"rank 1 failed: ValueError: injected failure on rank 1"):
+        launch(_failing_worker, 2, timeout_s=20)
+    assert time.monotonic() - t0 < 20
+    assert not multiprocessing.active_children()
+
+
+def test_a_rank_that_hangs_is_named_within_the_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(DistributedRunError, match=r"^rank 1 did not finish within \d+ s; rank 0 gave up"):
+        launch(_hanging_worker, 2, timeout_s=15, collective_timeout_s=3)
+    assert time.monotonic() - t0 < 15
+    assert not multiprocessing.active_children()
+
+
+def test_example_script_trains_in_one_process():
+    """natgrad.examples.shampoo_torchrun.train without a process group: one rank
+    owns every block and the loss falls below the untrained model's."""
+    from natgrad.examples.shampoo_torchrun import format_report, train
+
+    X = load_digits_tensors()[0]
+    start = autoencoder_loss(digits_autoencoder(seed=0)(X), X).item()
+    report = train(0, 1, steps=20)
+    assert report["final_shard_loss"] < 0.8 * start
+    # four 128-wide weights cut in two 64-wide blocks each, four other weights, eight biases
+    assert report["world_size"] == 1 and len(report["blocks"]) == 4 * 2 + 4 + 8
+    assert "rank 0/1" in format_report(report)
