@@ -11,5 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from course.lessons import Lab
+from views.labs import kfac
 
-LABS: dict[str, Callable[[Lab], None]] = {}
+LABS: dict[str, Callable[[Lab], None]] = {
+    "fisher-blocks": kfac.fisher_blocks,
+    "kfac-training": kfac.kfac_training,
+    "kfac-cost": kfac.kfac_cost,
+    "damping-lab": kfac.damping_lab,
+}

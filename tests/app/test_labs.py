@@ -1,0 +1,65 @@
+"""The K-FAC and damping labs, driven through AppTest like a learner would."""
+
+from __future__ import annotations
+
+import pytest
+
+from course.progress import ENV_VAR
+from natgrad import costs
+from tests.app.helpers import open_page, start, submit
+
+
+@pytest.fixture(autouse=True)
+def db(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "p.sqlite3"))
+
+
+def _charts(at):
+    return at.get("plotly_chart")
+
+
+def test_fisher_blocks_lab_follows_the_step_slider():
+    at = open_page(start(), "kfac")
+    assert not at.exception
+    before = {m.label: m.value for m in at.metric}
+    at.select_slider(key="fb-step").set_value(0)
+    at = at.run()
+    after = {m.label: m.value for m in at.metric}
+    assert not at.exception
+    assert before["training loss"] != after["training loss"]
+    assert float(after["training loss"]) == pytest.approx(2.32, abs=0.05)  # ~ln(10) before training
+
+
+def test_cost_lab_numbers_are_computed():
+    at = open_page(start(), "kfac")
+    at.number_input(key="kc-m").set_value(4096)
+    at.number_input(key="kc-n").set_value(4095)  # with the bias: A is 4096 x 4096
+    at = at.run()
+    table = [df for df in at.dataframe if "memory" in df.value.columns][0].value
+    row = dict(zip(table["name"], table["memory"], strict=True))
+    _, kfac, _ = costs.layer_costs(4096, 4095)
+    assert row["K-FAC (A and G)"] == costs.human_bytes(kfac.bytes) == "134 MB"
+    assert row["exact Fisher block"] == "1.13 PB"
+
+
+def test_training_lab_trains_three_optimizers_and_reports_divergence():
+    at = open_page(start(), "kfac")
+    at.select_slider(key="kt-steps").set_value(50)
+    at.select_slider(key="kt-slr").set_value(10.0)  # SGD with lr 10 diverges
+    at = submit(at, "kt")
+    assert not at.exception, at.exception
+    labels = [m.label for m in at.metric if m.label in ("K-FAC", "Adam", "SGD+momentum")]
+    assert labels == ["K-FAC", "Adam", "SGD+momentum"]
+    warnings = [w.value for w in at.warning]
+    assert any("SGD+momentum" in w and "Diverged at step" in w for w in warnings)
+    assert len(_charts(at)) >= 4  # fisher blocks + 2 loss tabs + traces
+    assert not [e for e in at.error if "lab stopped" in e.value]
+
+
+def test_damping_lab_shows_damping_and_rho():
+    at = open_page(start(), "damping")
+    at.select_slider(key="dl-steps").set_value(50)
+    at = submit(at, "dl")
+    assert not at.exception
+    assert any("reduction ratio" in m.value for m in at.markdown)
+    assert not [e for e in at.error if "lab stopped" in e.value]
