@@ -24,7 +24,7 @@ from torch import nn
 from natgrad.tasks import digits
 
 DIVERGENCE_FACTOR = 1e3
-OPTIMIZERS = ("kfac", "adam", "sgd")
+OPTIMIZERS = ("kfac", "shampoo", "adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,10 @@ def make_optimizer(spec: Spec, task: Task):
                                eps=o.get("eps", 1e-8))
     elif spec.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=o.get("lr", 0.1), momentum=o.get("momentum", 0.9))
+    elif spec.optimizer == "shampoo":
+        from natgrad.optim import Shampoo
+
+        opt = Shampoo(task.model.named_parameters(), **o)
     elif spec.optimizer == "kfac":
         from natgrad.optim import KFAC
 
