@@ -23,16 +23,20 @@ import numpy as np
 from natgrad.bench.protocol import GridResult, best_at, grid, machine, to_jsonable
 
 TASK = "digits-autoencoder"
+# Found on this task (300-step probes): the step count to a given loss hardly moves with the
+# initial damping (1e-3..1e-1), factor_decay (0..0.95) or inverse interval (1..5); momentum
+# through the quadratic model matters most (without it: never reaching the 5000-step Adam loss
+# in 300 steps). factor_decay 0.5 tracks the changing curvature early on.
 KFAC_BASE = dict(fisher_type="true", pi_damping=True, adaptive_damping=True, damping_adaptation_interval=5,
-                 step_size_rule="quadratic", momentum=0.9, factor_decay=0.95, inverse_update_steps=5)
+                 step_size_rule="quadratic", momentum=0.9, factor_decay=0.5, inverse_update_steps=5)
 
 
 def protocol(quick: bool) -> dict:
     if quick:
         return dict(adam_lrs=[float(x) for x in np.geomspace(1e-3, 3e-2, 4)], horizons=[100, 400, 1000],
-                    compare_at=600, kfac_dampings=[1e-1, 1.0], kfac_steps=600)
+                    compare_at=600, kfac_dampings=[1e-2, 1e-1], kfac_steps=600)
     return dict(adam_lrs=[float(x) for x in np.geomspace(1e-4, 3e-2, 8)], horizons=[500, 2000, 5000],
-                compare_at=3000, kfac_dampings=[1e-2, 1e-1, 1.0], kfac_steps=3000)
+                compare_at=3000, kfac_dampings=[1e-3, 1e-2, 1e-1], kfac_steps=3000)
 
 
 def _first(traj, target):

@@ -29,8 +29,9 @@ from natgrad.curvature.likelihoods import output_grads, output_hessian_sqrt, sam
 from natgrad.optim.damping import DEFAULT_BOUNDS, LevenbergMarquardt
 from natgrad.optim.kfac_layers import find_layers
 from natgrad.optim.kfac_linalg import diagonal_fallback, precondition, robust_eigh
-from natgrad.optim.kfac_quadratic import ggn_inner, model_change, output_jvps, step_coefficients
+from natgrad.optim.kfac_quadratic import ggn_inner, graph_jvps, model_change, sequential_jvps, step_coefficients
 from natgrad.optim.kfac_state import kfac_state_dict, load_kfac_state
+from natgrad.optim.linalg import all_finite
 
 LIKELIHOODS = ("gaussian", "softmax")
 FISHER_TYPES = ("true", "empirical", "exact")
@@ -144,6 +145,7 @@ class KFAC(torch.optim.Optimizer):
         self.fallback = self._make_fallback(fallback, rest, fallback_kwargs)
         names = {id(p): n for n, p in model.named_parameters()}
         self._pnames = {ly.name: [names[id(p)] for p in ly.params] for ly in self.layers}
+        self._modules_by_name = {ly.name: ly.module for ly in self.layers}
         self._all_params = [p for ly in self.layers for p in ly.params] + rest
         device = self._all_params[0].device
         self.generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
@@ -263,7 +265,7 @@ class KFAC(torch.optim.Optimizer):
             if k == 0:
                 continue
             A, G = ly.batch_factors(self._cap_in[ly.name], grads, n_examples)
-            if not bool(torch.isfinite(A).all() & torch.isfinite(G).all()):
+            if not all_finite(A, G):
                 self._record(step, "nonfinite_factor", ly.name, "factor update skipped")
                 continue
             if ly.name in self._factors and decay > 0:
@@ -316,10 +318,12 @@ class KFAC(torch.optim.Optimizer):
         lam_eff = lam + wd
         t = self.steps
         do_factors = t % self.factor_update_steps == 0 or len(self._factors) < len(self.layers)
+        need_model = self.adaptive_damping and self.lm.due(t + 1)
+        need_jvps = self.step_size_rule == "quadratic" or need_model  # J v from this forward's graph
         self.zero_grad()
         self._cap_in = {ly.name: [] for ly in self.layers}
         self._cap_out = {ly.name: [] for ly in self.layers}
-        self._capturing = do_factors
+        self._capturing = do_factors or need_jvps
         try:
             out = self.model(inputs)
         finally:
@@ -339,16 +343,21 @@ class KFAC(torch.optim.Optimizer):
             for cot in self._cotangents(out.detach()):
                 cot_grads.append(torch.autograd.grad(out, outs, grad_outputs=cot, retain_graph=True, allow_unused=True))
         params = self._all_params
-        grads = torch.autograd.grad(loss, params + (outs if empirical else []), allow_unused=True)
+        grads = torch.autograd.grad(loss, params + (outs if empirical else []), allow_unused=True,
+                                    retain_graph=need_jvps)
         for p, g in zip(params, grads, strict=False):
             p.grad = torch.zeros_like(p) if g is None else g
         if empirical:  # batch-mean loss -> per-example output gradients: times N
             cot_grads = [tuple(None if g is None else g * out.shape[0] for g in grads[len(params):])]
-        if not bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()):
+        if not all_finite(*(p.grad for p in params)):
             self._skip(t, "nonfinite_grad", "non-finite gradient; no update")
             return loss_val
         if do_factors:
             self._update_factors(cot_grads, out.shape[0], t, float(group["factor_decay"]))
+        # every call of a preconditioned layer in this forward pass: (input, output, map), and its layer
+        calls = [(x, s, ly.apply) for ly in self.layers
+                 for x, s in zip(self._cap_in[ly.name], self._cap_out[ly.name], strict=True)]
+        call_layer = [ly.name for ly in self.layers for _ in self._cap_in[ly.name]]
         self._cap_in, self._cap_out = {}, {}
         if t % self.inverse_update_steps == 0 or len(self._eig) < len(self._factors):
             self._update_eigen(t)
@@ -357,12 +366,16 @@ class KFAC(torch.optim.Optimizer):
         g = {ly.name: ly.grad_matrix(wd) for ly in self.layers}
         D = {n: -precondition(g[n], *self._eig[n], lam_eff, self.pi_damping) for n in g}
         use_mom = mom > 0 and bool(self._prev)
-        need_model = self.adaptive_damping and self.lm.due(t + 1)
         predicted, nu = math.nan, None
+        fout = out.detach()
+
+        def jvps(directions: list[Mats]) -> list[torch.Tensor]:
+            tangents = [[d[name] for name in call_layer] for d in directions]
+            fast = sequential_jvps(self.model, out, calls, [self._modules_by_name[n] for n in call_layer], tangents)
+            return graph_jvps(out, calls, tangents) if fast is None else fast
+
         if self.step_size_rule == "quadratic":
-            prev = [self._prev] if use_mom else []
-            fout, jv = output_jvps(self.model, inputs, [self._tangent(x) for x in [D, *prev]])
-            fout = fout.detach()
+            jv = jvps([D, self._prev] if use_mom else [D])
             q = [ggn_inner(jv[0], jv[0], fout, self.likelihood) + lam_eff * _dot(D, D), _dot(g, D)]
             if use_mom:
                 d0 = self._prev
@@ -381,8 +394,8 @@ class KFAC(torch.optim.Optimizer):
             mu = mom if use_mom else 0.0
             delta = {n: alpha * D[n] + mu * self._prev[n] if mu else alpha * D[n] for n in D}
             if need_model:
-                fout, (jd,) = output_jvps(self.model, inputs, [self._tangent(delta)])
-                q = torch.stack([_dot(g, delta), ggn_inner(jd, jd, fout.detach(), self.likelihood)
+                (jd,) = jvps([delta])
+                q = torch.stack([_dot(g, delta), ggn_inner(jd, jd, fout, self.likelihood)
                                  + lam_eff * _dot(delta, delta)]).tolist()
                 predicted = q[0] + 0.5 * q[1]
         step_norm = math.sqrt(float(_dot(delta, delta)))

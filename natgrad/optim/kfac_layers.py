@@ -58,8 +58,8 @@ class KFACLayer:
         """Size of A: fan-in (in, or in*kh*kw) plus one for a trained bias."""
         return self.weight[0].numel() + int(self.has_bias)
 
-    def patches(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Layer input -> :math:`\bar a`: (B, T, in_dim)."""
+    def patches(self, x: torch.Tensor, homogeneous: bool = True) -> torch.Tensor:
+        r"""Layer input -> :math:`\bar a`: (B, T, in_dim) (without the trailing 1 when not ``homogeneous``)."""
         m = self.module
         if isinstance(m, nn.Conv2d):
             if x.ndim != 4:
@@ -75,9 +75,18 @@ class KFACLayer:
             a = cols.transpose(1, 2)  # (B, L, C_in*kh*kw), channel-major like weight.reshape(out, -1)
         else:
             a = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, in)
-        if self.has_bias:
+        if self.has_bias and homogeneous:
             a = torch.cat([a, a.new_ones(*a.shape[:2], 1)], dim=2)  # homogeneous 1 last
         return a
+
+    def apply(self, x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        r"""The layer's map with :math:`[W \mid b]` replaced by ``M`` (out, in_dim): the
+        change of its output along a parameter direction, for forward-mode products."""
+        w, *b = self.split(M)
+        b = b[0] if b else None
+        if isinstance(self.module, nn.Conv2d):
+            return self.module._conv_forward(x, w, b)
+        return F.linear(x, w, b)
 
     def out_grads(self, gy: torch.Tensor) -> torch.Tensor:
         """Gradient w.r.t. the layer output -> (B, T, out)."""
@@ -108,16 +117,24 @@ class KFACLayer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, G) of one batch from the captured inputs of every call of the layer
         and, per cotangent k, the per-example output gradients of every call."""
-        a = torch.cat([self.patches(x) for x in inputs], dim=1)  # (B, T, in_dim)
-        a = a.reshape(-1, a.shape[-1])  # (B*T, in_dim)
-        A = a.T @ a / a.shape[0]
+        a = _cat1([self.patches(x, homogeneous=False) for x in inputs])  # (B, T, fan_in)
+        a = a.reshape(-1, a.shape[-1])  # (M, fan_in), M = B*T
+        M = a.shape[0]
+        A = a.T @ a
+        if self.has_bias:  # [a; 1][a; 1]^T without materialising the column of ones
+            s = a.sum(0, keepdim=True)  # (1, fan_in)
+            A = torch.cat([torch.cat([A, s.T], 1), torch.cat([s, s.new_full((1, 1), M)], 1)], 0)
         G = None
         for grads in cot_grads:
-            g = torch.cat([self.out_grads(gy) for gy in grads], dim=1)  # (B, T, out)
+            g = _cat1([self.out_grads(gy) for gy in grads])  # (B, T, out)
             g = g.reshape(-1, g.shape[-1])  # (B*T, out)
             Gk = g.T @ g
             G = Gk if G is None else G + Gk
-        return A, G / n_examples
+        return A / M, G / n_examples
+
+
+def _cat1(xs: list[torch.Tensor]) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
 
 
 def is_supported(m: nn.Module) -> bool:

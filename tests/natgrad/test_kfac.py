@@ -595,3 +595,55 @@ def test_kfac_beats_sgd_on_the_digits_autoencoder():
     with torch.no_grad():
         k, s = autoencoder_loss(model(X), X).item(), autoencoder_loss(sgd_model(X), X).item()
     assert k < 0.5 * s, (k, s)
+
+
+def _captured_calls(model, X):
+    """Forward once with hooks: the K-FAC layers' (input, output, apply) calls and the output."""
+    from natgrad.optim.kfac_layers import find_layers
+
+    layers, _ = find_layers(model)
+    calls, mods = [], []
+
+    def hook(ly):
+        def record(module, inputs, output):
+            calls.append((inputs[0].detach(), output, ly.apply))
+            mods.append(module)
+
+        return record
+
+    hooks = [ly.module.register_forward_hook(hook(ly)) for ly in layers]
+    out = model(X)
+    for h in hooks:
+        h.remove()
+    return layers, calls, mods, out
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU, nn.Sigmoid])
+def test_fast_and_graph_jvps_equal_torch_func_jvp(act):
+    from natgrad.optim.kfac_quadratic import graph_jvps, sequential_jvps
+
+    model = _mlp((4, 6, 5, 3), act=act)
+    X, _ = _data(9, 4, 3, "gaussian")
+    layers, calls, mods, out = _captured_calls(model, X)
+    g = torch.Generator().manual_seed(3)
+    mats = [[torch.randn(ly.out_dim, ly.in_dim, dtype=DT, generator=g) for ly in layers] for _ in range(2)]
+    dicts = [{pn: t for ly, M in zip(layers, ms, strict=True)
+              for pn, t in zip([n for n, p in model.named_parameters() if any(p is q for q in ly.params)],
+                               ly.split(M), strict=True)} for ms in mats]
+    _, reference = output_jvps(model, X, dicts)
+    fast = sequential_jvps(model, out, calls, mods, mats)
+    slow = graph_jvps(out, calls, mats)
+    for r, f, s in zip(reference, fast, slow, strict=True):
+        torch.testing.assert_close(f, r)
+        torch.testing.assert_close(s, r)
+
+
+def test_fast_jvps_decline_models_they_do_not_understand():
+    from natgrad.optim.kfac_quadratic import sequential_jvps
+
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Dropout(0.0), nn.Linear(5, 3)).to(DT)
+    X, _ = _data(3, 4, 3, "gaussian")
+    layers, calls, mods, out = _captured_calls(model, X)
+    mats = [[torch.zeros(ly.out_dim, ly.in_dim, dtype=DT) for ly in layers]]
+    assert sequential_jvps(model, out, calls, mods, mats) is None
+    assert sequential_jvps(nn.ModuleList(model), out, calls, mods, mats) is None

@@ -50,7 +50,7 @@ def _settings_form(key: str, with_baselines: bool) -> dict | None:
     with st.form(key):
         c1, c2, c3 = st.columns(3)
         steps = c1.select_slider("steps", [50, 100, 200, 400, 800], value=200, key=f"{key}-steps")
-        damping = c1.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-1, key=f"{key}-damp")
+        damping = c1.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key=f"{key}-damp")
         adaptive = c1.toggle("adaptive damping (Levenberg-Marquardt, every 5 steps)", value=True, key=f"{key}-lm")
         rule = c2.radio("K-FAC step size", ["quadratic", "fixed", "kl_clip"], key=f"{key}-rule",
                         format_func={"quadratic": "quadratic model (M&G §7)", "fixed": "fixed learning rate",
@@ -59,7 +59,7 @@ def _settings_form(key: str, with_baselines: bool) -> dict | None:
         inv = c2.select_slider("inverse update interval", [1, 2, 5, 10, 20, 50], value=5, key=f"{key}-inv")
         adam_lr = sgd_lr = None
         if with_baselines:
-            adam_lr = c3.select_slider("Adam learning rate", LOG_CHOICES, value=3e-3, key=f"{key}-alr")
+            adam_lr = c3.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key=f"{key}-alr")
             sgd_lr = c3.select_slider("SGD+momentum learning rate (momentum 0.9)", LOG_CHOICES, value=1e-2,
                                       key=f"{key}-slr")
         if not st.form_submit_button("Train", type="primary"):
@@ -71,8 +71,9 @@ def _settings_form(key: str, with_baselines: bool) -> dict | None:
 
 
 def _kfac_spec(s: dict) -> Spec:
-    hp = dict(damping=s["damping"], adaptive_damping=s["adaptive"], step_size_rule=s["rule"], lr=s["kfac_lr"],
-              inverse_update_steps=s["inv"], fisher_type="true", momentum=0.9 if s["rule"] == "quadratic" else 0.0)
+    # the benchmark's settings, with the learner's choices on top
+    hp = dict(kfac_bench.KFAC_BASE, damping=s["damping"], adaptive_damping=s["adaptive"], step_size_rule=s["rule"],
+              lr=s["kfac_lr"], inverse_update_steps=s["inv"], momentum=0.9 if s["rule"] == "quadratic" else 0.0)
     return Spec.make(hp, optimizer="kfac", steps=s["steps"], device=device())
 
 
