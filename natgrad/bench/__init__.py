@@ -1,1 +1,1 @@
-"""Rerunnable benchmarks: ``python -m natgrad.bench kfac [--quick]``."""
+"""Rerunnable benchmarks: ``python -m natgrad.bench {kfac,shampoo} [--quick] [--out FILE]``."""

@@ -3,11 +3,14 @@ from tuned Adam, and measure steps and seconds to reach them."""
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from natgrad.experiments import Spec, Trajectory, run
@@ -61,3 +64,107 @@ def to_jsonable(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+# ---------------------------------------------------------------------------
+# Shared by the benchmarks that compare one optimizer against tuned Adam.
+
+def adam_protocol(quick: bool) -> dict:
+    """Adam's learning-rate grid, the horizons whose tuned-Adam losses are the
+    targets, and the step at which both final losses are compared."""
+    if quick:
+        return dict(adam_lrs=[float(x) for x in np.geomspace(1e-3, 3e-2, 4)], horizons=[100, 400, 1000],
+                    compare_at=600)
+    return dict(adam_lrs=[float(x) for x in np.geomspace(1e-4, 3e-2, 8)], horizons=[500, 2000, 5000], compare_at=3000)
+
+
+def adam_grid(p: dict, task: str, device: str, log: Callable[[str], None] = print) -> list[GridResult]:
+    """Adam on ``p["adam_lrs"]`` (from :func:`adam_protocol`), each for the longest horizon."""
+    horizon = max(p["horizons"])
+    log(f"Adam grid: {len(p['adam_lrs'])} learning rates x {horizon} steps")
+    return grid("adam", [{"lr": lr} for lr in p["adam_lrs"]], horizon, task, device, log)
+
+
+def first_reach(traj: Trajectory, target: float) -> tuple[int | None, float | None]:
+    """Steps and seconds until the loss first is at or below ``target`` (None: never)."""
+    return traj.steps_to(target), traj.seconds_to(target)
+
+
+def targets_vs_adam(adam: Sequence[GridResult], other: Sequence[GridResult], horizons: Sequence[int], *,
+                    name: str, hparam: str, label: str, log: Callable[[str], None] = print) -> list[dict]:
+    """One row per horizon ``h``: the target is the loss tuned Adam (best learning
+    rate at ``h``) reaches after ``h`` steps; ``other`` is tuned per target (the
+    grid point that gets there in the fewest steps; if none does, the one with
+    the lowest final loss). Keys: ``adam_horizon, target, adam_lr, adam_steps,
+    adam_seconds, {name}_{hparam}, {name}_steps, {name}_seconds, step_ratio,
+    time_ratio`` (ratios Adam / other; None where other never reaches it)."""
+    rows = []
+    for h in horizons:
+        a = best_at(adam, h)
+        target = a.loss_at(h)
+        reach = [(r, *first_reach(r.trajectory, target)) for r in other]
+        ok = [x for x in reach if x[1] is not None]
+        if ok:
+            o, o_steps, o_secs = min(ok, key=lambda x: x[1])
+        else:
+            o, o_steps, o_secs = best_at(other, max(len(r.trajectory.loss) for r in other)), None, None
+        a_steps, a_secs = first_reach(a.trajectory, target)
+        rows.append({"adam_horizon": h, "target": target, "adam_lr": a.hparams["lr"], "adam_steps": a_steps,
+                     "adam_seconds": a_secs, f"{name}_{hparam}": o.hparams[hparam], f"{name}_steps": o_steps,
+                     f"{name}_seconds": o_secs, "step_ratio": (a_steps / o_steps) if o_steps else None,
+                     "time_ratio": (a_secs / o_secs) if o_secs else None})
+        log(f"target {target:.4g} (tuned Adam @ {h}): Adam {a_steps} steps / {fmt(a_secs, '.2f')}s, "
+            f"{label} {o_steps} steps / {fmt(o_secs, '.2f')}s")
+    return rows
+
+
+def compare_at(adam: Sequence[GridResult], other: Sequence[GridResult], steps: int, *, name: str,
+               hparam: str) -> dict:
+    """Losses of tuned Adam and tuned ``other`` (each the best of its grid there) after ``steps`` steps."""
+    a, o = best_at(adam, steps), best_at(other, steps)
+    return {"steps": steps, "adam_loss": a.loss_at(steps), "adam_lr": a.hparams["lr"],
+            f"{name}_loss": o.loss_at(steps), f"{name}_{hparam}": o.hparams[hparam],
+            "loss_ratio": a.loss_at(steps) / o.loss_at(steps)}
+
+
+def median_seconds_per_step(results: Sequence[GridResult]) -> float:
+    return float(np.median([r.seconds_per_step for r in results]))
+
+
+def fmt(x, spec: str = ".3g") -> str:
+    """``format(x, spec)``, or "n/a" for None and non-finite floats."""
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def target_table(targets: Sequence[dict], name: str, label: str) -> list[str]:
+    """Report lines: steps and seconds to each target for Adam and ``label``, with ratios."""
+    ws, wt = max(10, len(label) + 6), max(8, len(label) + 2)
+    lines = [f"{'target (Adam@steps)':>22} {'Adam steps':>10} {label + ' steps':>{ws}} {'ratio':>7} "
+             f"{'Adam s':>8} {label + ' s':>{wt}} {'ratio':>7}"]
+    for t in targets:
+        lines.append(f"{fmt(t['target'], '.4g') + ' (@' + str(t['adam_horizon']) + ')':>22} "
+                     f"{fmt(t['adam_steps'], 'd'):>10} {fmt(t[name + '_steps'], 'd'):>{ws}} "
+                     f"{fmt(t['step_ratio'], '.1f'):>7} {fmt(t['adam_seconds'], '.2f'):>8} "
+                     f"{fmt(t[name + '_seconds'], '.2f'):>{wt}} {fmt(t['time_ratio'], '.1f'):>7}")
+    return lines
+
+
+def curve(r: GridResult, points: int = 400) -> dict:
+    """At most ``points`` evenly spaced samples of a run's loss curve, for plots."""
+    t = r.trajectory
+    idx = sorted(set(np.linspace(0, len(t.loss) - 1, min(points, len(t.loss))).astype(int).tolist()))
+    return {"hparams": r.hparams, "step": [t.step[i] for i in idx], "loss": [t.loss[i] for i in idx],
+            "seconds": [t.seconds[i] for i in idx]}
+
+
+def save(result: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1))
+
+
+def load(path: str | Path) -> dict | None:
+    """A saved result, or None if the file is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

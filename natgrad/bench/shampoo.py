@@ -1,0 +1,363 @@
+"""Shampoo against tuned Adam on the digits autoencoder (issue 4's performance section).
+
+1. Adam with 8 learning rates from 1e-4 to 3e-2 (``--quick``: 4 from 1e-3),
+   each run for the longest horizon (5000 steps; ``--quick``: 1000), full batch.
+2. Targets: the losses tuned Adam reaches after 500, 2000 and 5000 steps
+   (``--quick``: 100, 400, 1000), tuned per horizon (best learning rate there).
+3. Shampoo as the issue's prototype (summed factors, epsilon 1e-4 x the largest
+   eigenvalue, roots every 10 steps, Adam grafting) on a small learning-rate
+   grid, each run for the longest horizon; steps and seconds to each target for
+   tuned Shampoo and tuned Adam, their ratios, and the loss after 3000 steps
+   (``--quick``: 600).
+4. Time per full training iteration (forward, backward, step) of Adam, this
+   Shampoo and pytorch-optimizer's ``Shampoo`` (if installed) on the same model
+   and data, measured side by side: blocks of 10 iterations (one root
+   computation each), the optimizers taking turns block by block, median.
+5. DistributedShampoo on W = 1, 2, 3 gloo ranks (data parallel, blocks of at
+   most 64 per dimension): preconditioner bytes per rank against total / W,
+   time per step, and the largest parameter difference from single-process
+   Shampoo given the same averaged gradients.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from natgrad.bench.protocol import (
+    adam_grid,
+    adam_protocol,
+    best_at,
+    compare_at,
+    curve,
+    fmt,
+    grid,
+    load,
+    machine,
+    median_seconds_per_step,
+    save,
+    target_table,
+    targets_vs_adam,
+    to_jsonable,
+)
+from natgrad.tasks.digits import AUTOENCODER_WIDTHS, autoencoder_loss, digits_autoencoder, load_digits_tensors
+
+__all__ = ["benchmark", "report", "save", "load", "time_per_step", "sharded", "sharded_worker"]
+
+TASK = "digits-autoencoder"
+SHAMPOO_BASE = dict(statistics="sum", epsilon=1e-4, epsilon_mode="relative", precondition_frequency=10,
+                    grafting="adam")
+WIDE_MLP = (64, 256, 256, 256, 64)
+SHARDED_BLOCK = 64  # max_preconditioner_dim in the sharded run: the 128-wide layers become 64-wide blocks
+GOALS = dict(step_ratio=3.0, time_ratio=2.5, adam_per_step=2.0, memory_balance=1.25)
+
+
+def protocol(quick: bool) -> dict:
+    p = adam_protocol(quick)
+    if quick:
+        p.update(shampoo_lrs=[4e-3, 7e-3], timing_blocks=10, sharded_steps=40,
+                 sharded_models={"digits autoencoder": list(AUTOENCODER_WIDTHS)})
+    else:
+        p.update(shampoo_lrs=[2e-3, 3e-3, 4.5e-3, 7e-3, 1e-2], timing_blocks=20, sharded_steps=200,
+                 sharded_models={"digits autoencoder": list(AUTOENCODER_WIDTHS), "wide MLP": list(WIDE_MLP)})
+    p.update(shampoo_steps=max(p["horizons"]), shampoo_config=SHAMPOO_BASE, world_sizes=[1, 2, 3],
+             sharded_max_preconditioner_dim=SHARDED_BLOCK)
+    return p
+
+
+def benchmark(quick: bool = False, device: str = "cpu", log: Callable[[str], None] = print) -> dict:
+    p = protocol(quick)
+    adam = adam_grid(p, TASK, device, log)
+    log(f"Shampoo grid: {len(p['shampoo_lrs'])} learning rates x {p['shampoo_steps']} steps")
+    shampoo = grid("shampoo", [dict(SHAMPOO_BASE, lr=lr) for lr in p["shampoo_lrs"]], p["shampoo_steps"], TASK,
+                   device, log)
+    targets = targets_vs_adam(adam, shampoo, p["horizons"], name="shampoo", hparam="lr", label="Shampoo", log=log)
+    compare = compare_at(adam, shampoo, p["compare_at"], name="shampoo", hparam="lr")
+    adam_sps, shampoo_sps = median_seconds_per_step(adam), median_seconds_per_step(shampoo)
+
+    log(f"time per iteration, side by side: {p['timing_blocks']} blocks of 10 per optimizer")
+    timing = time_per_step(blocks=p["timing_blocks"], lr=compare["shampoo_lr"], device=device)
+    log(_timing_line(timing))
+    sharded_runs = []
+    for label, widths in p["sharded_models"].items():
+        for w in p["world_sizes"]:
+            log(f"sharded: {label}, W = {w}, {p['sharded_steps']} steps")
+            sharded_runs.append(dict(model=label, **sharded(w, widths=widths, steps=p["sharded_steps"],
+                                                             max_preconditioner_dim=SHARDED_BLOCK)))
+    result = dict(
+        quick=quick, device=device, machine=machine(), protocol=p, targets=targets, compare=compare,
+        adam_seconds_per_step=adam_sps, shampoo_seconds_per_step=shampoo_sps,
+        time_per_step_ratio=shampoo_sps / adam_sps, timing=timing, sharded=sharded_runs,
+        adam_grid=adam, shampoo_grid=shampoo,
+        curves={"Adam": curve(best_at(adam, p["shampoo_steps"])), "Shampoo": curve(best_at(shampoo, p["shampoo_steps"]))},
+    )
+    result["goals"] = goals(result)
+    return to_jsonable(result)
+
+
+# ------------------------------------------------------------ side-by-side timing
+def _their_shampoo() -> tuple[Callable | None, str]:
+    """pytorch-optimizer's Shampoo class (an optional test oracle) and its version, or (None, why)."""
+    try:
+        from pytorch_optimizer import Shampoo as TheirShampoo
+    except ImportError:
+        return None, "not installed"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return TheirShampoo, f"pytorch_optimizer {version('pytorch_optimizer')}"
+    except PackageNotFoundError:
+        return TheirShampoo, "pytorch_optimizer"
+
+
+def optimizers_for_timing(lr: float, their_lr: float = 1e-3) -> dict[str, Callable[[torch.nn.Module], torch.optim.Optimizer]]:
+    """Factories of the optimizers timed side by side (theirs only when installed).
+
+    pytorch-optimizer's ``Shampoo`` is configured like ours where it can be:
+    roots every 10 steps (``preconditioning_compute_steps``), statistics summed
+    from ``matrix_eps * I`` with ``matrix_eps = 1e-4`` (ours adds 1e-4 x the
+    largest eigenvalue), exponent -1/4 for matrices, no momentum. It has no
+    grafting, computes roots by SVD, and gives biases a full d x d factor
+    where ours keeps a diagonal. Without grafting its steps are larger: it
+    diverges on this model from lr 1e-2, so it gets its own ``their_lr``.
+    """
+    from natgrad.optim import Shampoo
+
+    out = {
+        "Adam": lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+        "natgrad Shampoo": lambda m: Shampoo(m.named_parameters(), lr=lr, **SHAMPOO_BASE),
+    }
+    theirs, _ = _their_shampoo()
+    if theirs is not None:
+        out["pytorch-optimizer Shampoo"] = lambda m: theirs(m.parameters(), lr=their_lr, preconditioning_compute_steps=10,
+                                                            matrix_eps=1e-4)
+    return out
+
+
+def time_per_step(blocks: int = 20, block: int = 10, warmup_blocks: int = 2, lr: float = 3e-3,
+                  their_lr: float = 1e-3, widths: Sequence[int] = AUTOENCODER_WIDTHS, device: str = "cpu", threads: int = 1) -> dict:
+    """Median seconds per training iteration (forward, backward, step; full batch)
+    of each optimizer in :func:`optimizers_for_timing`, each on its own copy of
+    the same model.
+
+    After ``warmup_blocks`` untimed blocks each, the optimizers take turns
+    running ``block`` consecutive iterations (the rotation changes each round,
+    so slow spells of a shared machine hit all of them), ``blocks`` times; a
+    block's time / ``block`` is one sample. With ``block`` a multiple of the
+    root frequency every sample holds the same number of root computations.
+
+    Returns ``seconds_per_step`` and ``mean_seconds_per_step`` ({name: s}),
+    ``step_seconds`` ({name: median seconds per iteration inside ``opt.step()``}),
+    ``final_loss`` ({name: loss}), ``theirs`` (version or "not installed"),
+    ``ours_vs_adam`` and ``ours_vs_theirs`` (ratios of medians; None without theirs).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dev = torch.device(device)
+        X, _ = load_digits_tensors(device=dev)
+        runs = {}
+        for name, make in optimizers_for_timing(lr, their_lr).items():
+            model = digits_autoencoder(seed=0, widths=widths).to(dev)
+            runs[name] = (model, make(model))
+
+        def iterate(model, opt, n: int) -> tuple[float, float]:
+            loss, in_step = float("nan"), 0.0
+            for _ in range(n):
+                loss, s = _iteration(model, opt, X)
+                in_step += s
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return loss, in_step
+
+        for model, opt in runs.values():
+            iterate(model, opt, warmup_blocks * block)
+        names = list(runs)
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        in_step: dict[str, list[float]] = {n: [] for n in names}
+        losses = {}
+        for b in range(blocks):
+            for name in names[b % len(names):] + names[:b % len(names)]:
+                t0 = time.perf_counter()
+                losses[name], s = iterate(*runs[name], block)
+                samples[name].append((time.perf_counter() - t0) / block)
+                in_step[name].append(s / block)
+    finally:
+        torch.set_num_threads(previous)
+    med = {n: statistics.median(s) for n, s in samples.items()}
+    theirs = med.get("pytorch-optimizer Shampoo")
+    return dict(seconds_per_step=med, mean_seconds_per_step={n: statistics.fmean(s) for n, s in samples.items()},
+                step_seconds={n: statistics.median(s) for n, s in in_step.items()}, final_loss=losses, theirs=_their_shampoo()[1], blocks=blocks, block=block, lr=lr, their_lr=their_lr,
+                threads=threads,
+                ours_vs_adam=med["natgrad Shampoo"] / med["Adam"],
+                ours_vs_theirs=None if theirs is None else med["natgrad Shampoo"] / theirs)
+
+
+def _timing_line(t: dict) -> str:
+    parts = [f"{n} {1e3 * s:.2f} ms" for n, s in t["seconds_per_step"].items()]
+    return "  " + ", ".join(parts) + ("" if "pytorch-optimizer Shampoo" in t["seconds_per_step"]
+                                      else f"; pytorch-optimizer Shampoo: {t['theirs']}")
+
+
+# ------------------------------------------------------------------ sharded run
+def _iteration(model, opt, X) -> tuple[float, float]:
+    """One full-batch training iteration; returns the loss and the host seconds in ``opt.step()``."""
+    opt.zero_grad(set_to_none=True)
+    loss = autoencoder_loss(model(X), X)
+    loss.backward()
+    t0 = time.perf_counter()
+    opt.step()
+    return float(loss.detach()), time.perf_counter() - t0
+
+
+def sharded_worker(rank: int, world_size: int, widths: Sequence[int], steps: int, warmup: int, options: dict) -> dict:
+    """One rank of the sharded run (top level so that spawn can pickle it): rank
+    ``r`` trains on digits ``r, r + W, ...`` with averaged gradients; returns its
+    ``rank_report`` numbers, the time per step after ``warmup`` steps, and its parameters."""
+    import torch.distributed as dist
+
+    from natgrad.optim.distributed_shampoo import DistributedShampoo
+
+    X = load_digits_tensors()[0][rank::world_size]  # (about 1797 / W, 64)
+    model = digits_autoencoder(seed=0, widths=widths)
+    opt = DistributedShampoo(model.named_parameters(), average_gradients=True, **options)
+    for _ in range(warmup):
+        _iteration(model, opt, X)
+    root0, comm0 = opt.root_seconds, opt.comm_seconds
+    if dist.is_initialized():
+        dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _iteration(model, opt, X)
+    seconds = time.perf_counter() - t0
+    rep = opt.rank_report()
+    return dict(rank=rank, blocks=len(rep["blocks"]), statistics_bytes=rep["statistics_bytes"],
+                root_bytes=rep["root_bytes"], seconds_per_step=seconds / steps,
+                root_seconds_per_step=(rep["root_seconds"] - root0) / steps,
+                comm_seconds_per_step=(rep["comm_seconds"] - comm0) / steps,
+                params=[p.detach().clone() for p in model.parameters()])
+
+
+def _reference(world_size: int, widths: Sequence[int], steps: int, options: dict):
+    """Single-process Shampoo fed the gradient the ranks average: (g_0 + ... + g_{W-1}) / W."""
+    from natgrad.optim import Shampoo
+
+    X = load_digits_tensors()[0]
+    model = digits_autoencoder(seed=0, widths=widths)
+    opt = Shampoo(model.named_parameters(), **options)
+    params = list(model.parameters())
+    for _ in range(steps):
+        total = None
+        for r in range(world_size):
+            model.zero_grad(set_to_none=True)
+            autoencoder_loss(model(X[r::world_size]), X[r::world_size]).backward()
+            total = [p.grad.clone() for p in params] if total is None else [t + p.grad for t, p in zip(total, params, strict=True)]
+        for p, t in zip(params, total, strict=True):
+            p.grad = t if world_size == 1 else t / world_size
+        opt.step()
+    return [p.detach() for p in params], opt.preconditioner_bytes()
+
+
+def sharded(world_size: int, widths: Sequence[int] = AUTOENCODER_WIDTHS, steps: int = 200, warmup: int = 20,
+            max_preconditioner_dim: int = SHARDED_BLOCK, lr: float = 3e-3, timeout_s: float = 180.0) -> dict:
+    """DistributedShampoo on ``world_size`` gloo ranks against single-process Shampoo.
+
+    Returns ``world_size``, ``widths``, ``ranks`` (per rank: ``blocks``,
+    ``statistics_bytes``, ``root_bytes``, ``preconditioner_bytes``, seconds per
+    step in total / roots / communication), ``total_bytes`` (single process),
+    ``balance`` (max per-rank bytes / (total / W)), ``seconds_per_step``
+    (slowest rank) and ``max_abs_diff`` (largest parameter difference from the
+    reference, over all ranks).
+    """
+    from natgrad.distributed import launch
+
+    options = dict(SHAMPOO_BASE, lr=lr, max_preconditioner_dim=max_preconditioner_dim)
+    outs = launch(sharded_worker, world_size, args=(tuple(widths), steps, warmup, options), timeout_s=timeout_s)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref, total = _reference(world_size, widths, warmup + steps, options)
+    finally:
+        torch.set_num_threads(previous)
+    diff = max(float((p - q).abs().max()) for o in outs for p, q in zip(o.pop("params"), ref, strict=True))
+    for o in outs:
+        o["preconditioner_bytes"] = o["statistics_bytes"] + o["root_bytes"]
+    per_rank = [o["preconditioner_bytes"] for o in outs]
+    return dict(world_size=world_size, widths=list(widths), steps=steps, max_preconditioner_dim=max_preconditioner_dim,
+                cpus=os.cpu_count(),
+                ranks=outs, total_bytes=total, balance=max(per_rank) / (total / world_size),
+                seconds_per_step=max(o["seconds_per_step"] for o in outs), max_abs_diff=diff)
+
+
+# ----------------------------------------------------------------------- report
+def goals(r: dict) -> list[dict]:
+    """The issue's targets, each with what was measured and whether it was met."""
+    hard = r["targets"][-1]
+    t = r["timing"]
+    out = [
+        dict(goal=f"Shampoo >= {GOALS['step_ratio']:g}x fewer steps than tuned Adam at the hardest target",
+             value=hard["step_ratio"], met=hard["step_ratio"] is not None and hard["step_ratio"] >= GOALS["step_ratio"]),
+        dict(goal=f"Shampoo >= {GOALS['time_ratio']:g}x less wall-clock than tuned Adam at the hardest target",
+             value=hard["time_ratio"], met=hard["time_ratio"] is not None and hard["time_ratio"] >= GOALS["time_ratio"]),
+        dict(goal=f"time per step (roots every 10) within {GOALS['adam_per_step']:g}x of Adam's (side by side)",
+             value=t["ours_vs_adam"], met=t["ours_vs_adam"] <= GOALS["adam_per_step"]),
+        dict(goal="faster per step than pytorch-optimizer's Shampoo (ours / theirs < 1)",
+             value=t["ours_vs_theirs"], met=None if t["ours_vs_theirs"] is None else t["ours_vs_theirs"] < 1),
+    ]
+    for s in r["sharded"]:
+        if s["world_size"] > 1:
+            out.append(dict(goal=f"{s.get('model', 'model')}, W = {s['world_size']}: max per-rank preconditioner "
+                                 f"bytes <= {GOALS['memory_balance']:g} x total / W",
+                            value=s["balance"], met=s["balance"] <= GOALS["memory_balance"]))
+    return out
+
+
+def _x(v) -> str:
+    return fmt(v, ".2f") + "x" if v is not None else "n/a"
+
+
+def report(r: dict) -> str:
+    p = r["protocol"]
+    lines = [f"Shampoo vs tuned Adam, digits autoencoder, full batch ({'quick' if r['quick'] else 'full'} protocol, "
+             f"{r['device']}, torch {r['machine']['torch']}, {r['machine']['threads']} thread(s))",
+             "Shampoo: summed factors, epsilon 1e-4 x largest eigenvalue, roots every 10 steps, Adam grafting; "
+             f"lr grid {', '.join(f'{x:g}' for x in p['shampoo_lrs'])}; Adam lr grid "
+             f"{', '.join(f'{x:.2g}' for x in p['adam_lrs'])}", ""]
+    lines += target_table(r["targets"], "shampoo", "Shampoo")
+    c = r["compare"]
+    lines += ["", f"loss after {c['steps']} steps: tuned Adam {fmt(c['adam_loss'], '.4g')} (lr {c['adam_lr']:.3g}), "
+              f"Shampoo {fmt(c['shampoo_loss'], '.4g')} (lr {c['shampoo_lr']:g}): Adam/Shampoo = "
+              f"{fmt(c['loss_ratio'], '.2f')}x",
+              f"time per step in the grids (medians): Adam {1e3 * r['adam_seconds_per_step']:.2f} ms, Shampoo "
+              f"{1e3 * r['shampoo_seconds_per_step']:.2f} ms ({r['time_per_step_ratio']:.2f}x)"]
+    t = r["timing"]
+    lines += ["", f"Time per training iteration (forward + backward + step, full batch), side by side: median of "
+              f"{t['blocks']} interleaved blocks of {t['block']} iterations, lr {t['lr']:g} (pytorch-optimizer: {t['their_lr']:g}), {t['threads']} thread(s)"]
+    adam = t["seconds_per_step"]["Adam"]
+    for name, s in t["seconds_per_step"].items():
+        lines.append(f"  {name:28s} {1e3 * s:7.2f} ms  ({s / adam:.2f}x Adam), in step() {1e3 * t['step_seconds'][name]:.2f}"
+                     f" ms, last loss {fmt(t['final_loss'][name], '.4g')}")
+    if "pytorch-optimizer Shampoo" not in t["seconds_per_step"]:
+        lines.append(f"  {'pytorch-optimizer Shampoo':28s} {t['theirs']}")
+    else:
+        lines.append(f"  natgrad / pytorch-optimizer ({t['theirs']}): {t['ours_vs_theirs']:.2f}x")
+    if r["sharded"]:
+        lines += ["", f"Sharded DistributedShampoo (gloo, data parallel, averaged gradients, max_preconditioner_dim "
+                      f"{r['sharded'][0]['max_preconditioner_dim']}, {r['sharded'][0]['steps']} timed steps, {r['sharded'][0].get('cpus', '?')} CPU cores, 1 thread per rank)",
+                  f"  {'model':20s} {'W':>2} {'total KiB':>9} {'per-rank KiB':>22} {'max/(tot/W)':>11} "
+                  f"{'ms/step':>8} {'roots ms':>8} {'comm ms':>8} {'max|diff|':>9}"]
+        for s in r["sharded"]:
+            per = " ".join(f"{o['preconditioner_bytes'] / 1024:.0f}" for o in s["ranks"])
+            lines.append(f"  {s.get('model', ''):20s} {s['world_size']:>2} {s['total_bytes'] / 1024:9.0f} {per:>22} "
+                         f"{s['balance']:11.3f} {1e3 * s['seconds_per_step']:8.2f} "
+                         f"{1e3 * max(o['root_seconds_per_step'] for o in s['ranks']):8.2f} "
+                         f"{1e3 * max(o['comm_seconds_per_step'] for o in s['ranks']):8.2f} {s['max_abs_diff']:9.2g}")
+    lines += ["", "Goals:"]
+    for g in r.get("goals", []):
+        verdict = "n/a" if g["met"] is None else ("met" if g["met"] else "MISSED")
+        lines.append(f"  [{verdict:6s}] {g['goal']}: {_x(g['value'])}")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The pieces of ``python -m natgrad.bench shampoo`` with tiny settings: targets
+from hand-built trajectories, the report of a synthetic result, JSON round trip,
+the side-by-side timer and the sharded measurement on 2 gloo ranks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from natgrad.bench import kfac, protocol
+from natgrad.bench import shampoo as bench
+from natgrad.bench.__main__ import main
+from natgrad.bench.protocol import GridResult
+from natgrad.experiments import Spec, Trajectory
+
+SMALL = (64, 16, 64)
+
+
+def _result(optimizer: str, lr: float, losses: list[float], seconds_per_step: float) -> GridResult:
+    traj = Trajectory(Spec.make({"lr": lr}, optimizer=optimizer, steps=len(losses)), step=list(range(len(losses))),
+                      loss=list(losses), seconds=[seconds_per_step * (i + 1) for i in range(len(losses))])
+    return GridResult(optimizer, {"lr": lr}, losses[-1], "ok", seconds_per_step, traj)
+
+
+def test_targets_from_hand_built_trajectories():
+    adam = [_result("adam", 1e-3, [8, 6, 5, 4, 3, 2.5], 1.0),
+            _result("adam", 1e-2, [8, 4, 3.5, 3.2, 3.1, 3.0], 1.0)]
+    shampoo = [_result("shampoo", 3e-3, [8, 5, 3, 2, 1, 0.5], 2.0),
+               _result("shampoo", 7e-3, [8, 3.4, 3, 3, 3, 3], 2.0)]
+    logged = []
+    rows = protocol.targets_vs_adam(adam, shampoo, [2, 6], name="shampoo", hparam="lr", label="Shampoo",
+                                    log=logged.append)
+    # @2: tuned Adam is lr 1e-2 (loss 4 after 2 steps: reached at step index 1); 7e-3 gets there first (step 1)
+    assert rows[0] == dict(adam_horizon=2, target=4, adam_lr=1e-2, adam_steps=1, adam_seconds=2.0, shampoo_lr=7e-3,
+                           shampoo_steps=1, shampoo_seconds=4.0, step_ratio=1.0, time_ratio=0.5)
+    # @6: tuned Adam is lr 1e-3 (2.5 at index 5); Shampoo 3e-3 is below 2.5 from index 3, 7e-3 never
+    assert rows[1] == dict(adam_horizon=6, target=2.5, adam_lr=1e-3, adam_steps=5, adam_seconds=6.0, shampoo_lr=3e-3,
+                           shampoo_steps=3, shampoo_seconds=8.0, step_ratio=5 / 3, time_ratio=0.75)
+    assert len(logged) == 2 and "Shampoo 3 steps / 8.00s" in logged[1]
+    # a target no grid point reaches: the lowest final loss is named, no steps, no ratios
+    rows = protocol.targets_vs_adam(adam, shampoo[1:], [6], name="shampoo", hparam="lr", label="Shampoo",
+                                    log=logged.append)
+    assert rows[0]["shampoo_steps"] is None and rows[0]["step_ratio"] is None and rows[0]["shampoo_lr"] == 7e-3
+    c = protocol.compare_at(adam, shampoo, 6, name="shampoo", hparam="lr")
+    assert c == dict(steps=6, adam_loss=2.5, adam_lr=1e-3, shampoo_loss=0.5, shampoo_lr=3e-3, loss_ratio=5.0)
+
+
+def test_target_table_is_kfac_reports_table():
+    """protocol.target_table reproduces kfac.report's table, so kfac.py can switch to it."""
+    targets = [dict(adam_horizon=100, target=1.234, adam_lr=1e-2, adam_steps=99, adam_seconds=0.7, kfac_damping=0.1,
+                    kfac_steps=20, kfac_seconds=0.5, step_ratio=4.95, time_ratio=1.4),
+               dict(adam_horizon=1000, target=0.2, adam_lr=1e-2, adam_steps=999, adam_seconds=7.0, kfac_damping=1.0,
+                    kfac_steps=None, kfac_seconds=None, step_ratio=None, time_ratio=None)]
+    r = dict(quick=True, device="cpu", machine=dict(torch="x", threads=1), targets=targets,
+             compare=dict(steps=600, adam_loss=0.3, adam_lr=1e-2, kfac_loss=0.2, kfac_damping=0.1, loss_ratio=1.5),
+             adam_seconds_per_step=7e-3, kfac_seconds_per_step=2e-2, time_per_step_ratio=2.9)
+    lines = kfac.report(r).splitlines()
+    assert lines[2:5] == protocol.target_table(targets, "kfac", "K-FAC")
+
+
+def _synthetic(theirs: bool = True) -> dict:
+    p = bench.protocol(quick=True)
+    targets = [dict(adam_horizon=h, target=1.0 / h, adam_lr=1e-2, adam_steps=h - 1, adam_seconds=h * 7e-3,
+                    shampoo_lr=4e-3, shampoo_steps=(h - 1) // 4, shampoo_seconds=h * 7e-3 / 3.5,
+                    step_ratio=(h - 1) / ((h - 1) // 4), time_ratio=3.5) for h in p["horizons"]]
+    names = ["Adam", "natgrad Shampoo"] + (["pytorch-optimizer Shampoo"] if theirs else [])
+    sps = dict(zip(names, [7e-3, 8.5e-3, 9e-3], strict=False))
+    timing = dict(seconds_per_step=sps, mean_seconds_per_step=sps, step_seconds={n: s / 4 for n, s in sps.items()},
+                  final_loss={n: 1.0 for n in names}, theirs="pytorch_optimizer 4.1.0" if theirs else "not installed",
+                  blocks=10, block=10, lr=4e-3, their_lr=1e-3, threads=1, ours_vs_adam=8.5 / 7,
+                  ours_vs_theirs=8.5 / 9 if theirs else None)
+    sharded = [dict(model="digits autoencoder", world_size=w, widths=list(SMALL), steps=40, max_preconditioner_dim=64,
+                    ranks=[dict(rank=r, blocks=3, statistics_bytes=600 // w, root_bytes=400 // w,
+                                preconditioner_bytes=1000 // w, seconds_per_step=0.01, root_seconds_per_step=1e-3,
+                                comm_seconds_per_step=2e-3) for r in range(w)],
+                    total_bytes=1000, balance=(1000 // w) / (1000 / w) if w < 3 else 1.3, seconds_per_step=0.01,
+                    max_abs_diff=0.0) for w in (1, 2, 3)]
+    r = dict(quick=True, device="cpu", machine=protocol.machine(), protocol=p, targets=targets,
+             compare=dict(steps=600, adam_loss=0.3, adam_lr=1e-2, shampoo_loss=0.15, shampoo_lr=4e-3, loss_ratio=2.0),
+             adam_seconds_per_step=7e-3, shampoo_seconds_per_step=8.5e-3, time_per_step_ratio=8.5 / 7, timing=timing,
+             sharded=sharded)
+    r["goals"] = bench.goals(r)
+    return protocol.to_jsonable(r)
+
+
+def test_report_of_a_synthetic_result(tmp_path):
+    r = _synthetic()
+    text = bench.report(r)
+    assert "Shampoo vs tuned Adam" in text and "Shampoo steps" in text and "Shampoo s" in text
+    assert "0.001 (@1000)" in text  # the hardest target's row
+    assert "loss after 600 steps" in text and "Adam/Shampoo = 2.00x" in text
+    assert "pytorch-optimizer Shampoo" in text and "natgrad / pytorch-optimizer (pytorch_optimizer 4.1.0): 0.94x" in text
+    assert "digits autoencoder" in text and "1.300" in text
+    verdicts = [g["met"] for g in r["goals"]]
+    assert verdicts == [True, True, True, True, True, False]  # the W = 3 balance of 1.3 misses 1.25
+    assert "[MISSED] digits autoencoder, W = 3" in text
+    # JSON round trip
+    path = tmp_path / "sub" / "shampoo.json"
+    bench.save(r, path)
+    assert bench.load(path) == json.loads(json.dumps(r)) and bench.report(bench.load(path)) == text
+    assert bench.load(tmp_path / "missing.json") is None
+
+
+def test_report_without_pytorch_optimizer():
+    r = _synthetic(theirs=False)
+    text = bench.report(r)
+    assert "pytorch-optimizer Shampoo" in text and "not installed" in text
+    assert r["goals"][3]["met"] is None and "[n/a   ] faster per step" in text
+
+
+def test_side_by_side_timer_returns_positive_numbers():
+    t = bench.time_per_step(blocks=2, block=2, warmup_blocks=1, widths=SMALL)
+    expected = {"Adam", "natgrad Shampoo"} | ({"pytorch-optimizer Shampoo"} if t["theirs"] != "not installed" else set())
+    assert set(t["seconds_per_step"]) == expected
+    assert all(s > 0 for s in t["seconds_per_step"].values()) and all(s > 0 for s in t["step_seconds"].values())
+    assert t["ours_vs_adam"] > 0 and (t["ours_vs_theirs"] is None) == (t["theirs"] == "not installed")
+
+
+def test_side_by_side_timer_without_pytorch_optimizer(monkeypatch):
+    monkeypatch.setattr(bench, "_their_shampoo", lambda: (None, "not installed"))
+    t = bench.time_per_step(blocks=1, block=1, warmup_blocks=0, widths=SMALL)
+    assert set(t["seconds_per_step"]) == {"Adam", "natgrad Shampoo"}
+    assert t["theirs"] == "not installed" and t["ours_vs_theirs"] is None
+
+
+def test_sharded_on_two_ranks_adds_up_to_the_single_process_total():
+    s = bench.sharded(2, widths=(64, 32, 64), steps=3, warmup=1, max_preconditioner_dim=16, timeout_s=60)
+    assert [o["rank"] for o in s["ranks"]] == [0, 1]
+    assert sum(o["preconditioner_bytes"] for o in s["ranks"]) == s["total_bytes"]
+    assert s["balance"] == pytest.approx(max(o["preconditioner_bytes"] for o in s["ranks"]) / (s["total_bytes"] / 2))
+    assert s["balance"] <= 1.25 and s["seconds_per_step"] > 0
+    assert s["max_abs_diff"] == 0.0  # two ranks: (g0 + g1) / 2 is computed the same way in the reference
+
+
+def test_protocol_grids():
+    full, quick = bench.protocol(False), bench.protocol(True)
+    assert len(full["adam_lrs"]) >= 8 and min(full["adam_lrs"]) == pytest.approx(1e-4)
+    assert max(full["adam_lrs"]) == pytest.approx(3e-2)
+    assert full["horizons"] == [500, 2000, 5000] and quick["horizons"] == [100, 400, 1000]
+    assert full["compare_at"] == 3000 and quick["compare_at"] == 600
+    assert full["shampoo_steps"] == 5000 and quick["shampoo_steps"] == 1000 and full["world_sizes"] == [1, 2, 3]
+
+
+def test_command_line_writes_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "benchmark", lambda quick, device, log: _synthetic())
+    out = tmp_path / "s.json"
+    assert main(["shampoo", "--quick", "--out", str(out)]) == 0
+    assert "Goals:" in capsys.readouterr().out and bench.load(out)["quick"] is True
