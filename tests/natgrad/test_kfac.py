@@ -388,7 +388,7 @@ def _resume_model(seed):
 CKPT_CONFIGS = {
     "true-quadratic-momentum-lm": dict(fisher_type="true", step_size_rule="quadratic", momentum=0.9,
                                        adaptive_damping=True, damping_adaptation_interval=3, inverse_update_steps=3,
-                                       factor_update_steps=2, damping=0.1),
+                                       factor_update_steps=2, damping=0.1, curvature_examples=9),
     "true-klclip-momentum-lm": dict(fisher_type="true", step_size_rule="kl_clip", lr=0.3, momentum=0.5,
                                     adaptive_damping=True, damping_adaptation_interval=2, inverse_update_steps=4,
                                     weight_decay=1e-3, damping=0.05),
@@ -647,3 +647,44 @@ def test_fast_jvps_decline_models_they_do_not_understand():
     mats = [[torch.zeros(ly.out_dim, ly.in_dim, dtype=DT) for ly in layers]]
     assert sequential_jvps(model, out, calls, mods, mats) is None
     assert sequential_jvps(nn.ModuleList(model), out, calls, mods, mats) is None
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, None])  # Sequential fast path; Linear-only is also Sequential
+def test_curvature_subset_of_the_whole_batch_changes_nothing(act):
+    X, y = _data(12, 4, 3, "softmax")
+    hp = dict(likelihood="softmax", step_size_rule="quadratic", momentum=0.9, adaptive_damping=True,
+              damping_adaptation_interval=2, inverse_update_steps=1)
+    runs = []
+    for m in (None, 12, 50):
+        model = _mlp((4, 6, 3), act=act)
+        opt = KFAC(model, **hp, curvature_examples=m)
+        runs.append(([opt.step(X, y) for _ in range(6)], _flat(model), opt.generator.get_state()))
+    for other in runs[1:]:
+        assert other[0] == runs[0][0] and torch.equal(other[1], runs[0][1]) and torch.equal(other[2], runs[0][2])
+
+
+def test_curvature_subset_gives_the_quadratic_model_of_those_examples():
+    """With m < N the step size is the exact minimiser of the model whose curvature is the
+    Fisher of the chosen rows (and whose gradient is the full batch's)."""
+    model = _mlp((4, 6, 3))
+    X, y = _data(10, 4, 3, "softmax")
+    opt = KFAC(model, likelihood="softmax", step_size_rule="quadratic", momentum=0.0, curvature_examples=4,
+               fisher_type="exact")
+    rows = opt._curvature_rows(10)
+    opt.generator.manual_seed(0)  # _curvature_rows drew from it; restart so step() draws the same rows
+    theta0 = _flat(model)
+    torch.manual_seed(0)
+    ref = _mlp((4, 6, 3))
+    ref_opt = KFAC(ref, likelihood="softmax", step_size_rule="fixed", lr=1.0, fisher_type="exact")
+    ref_opt.step(X, y)  # the unit-length proposal Delta on the same factors
+    Delta = _flat(ref) - theta0
+    opt.step(X, y)
+    step = _flat(model) - theta0
+    alpha = float(step @ Delta / (Delta @ Delta))
+    torch.testing.assert_close(step, alpha * Delta)
+    m0 = _mlp((4, 6, 3))
+    g = torch.autograd.grad(_loss(m0(X), y, "softmax"), list(m0.parameters()))
+    gD = float(torch.cat([t.reshape(-1) for t in g]) @ Delta)
+    F_sub = exact_fisher(_mlp((4, 6, 3)), X[rows], y[rows], likelihood="softmax", kind="ggn")
+    expected = -gD / float(Delta @ F_sub @ Delta + opt.damping * (Delta @ Delta))
+    assert alpha == pytest.approx(expected, rel=1e-6)
