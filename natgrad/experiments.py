@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from natgrad.tasks import digits
+from natgrad.tasks import digits, quadratic
 
 DIVERGENCE_FACTOR = 1e3
 OPTIMIZERS = ("kfac", "shampoo", "adam", "sgd")
@@ -38,10 +38,12 @@ class Spec:
     dtype: str = "float32"
     batch_size: int | None = None  # None: full batch
     threads: int = 1  # CPU threads for torch; small models run fastest on one
+    task_options: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs, e.g. kron-quadratic's condition
 
     @staticmethod
-    def make(hparams: dict[str, Any] | None = None, **kwargs) -> Spec:
-        return Spec(hparams=tuple(sorted((hparams or {}).items())), **kwargs)
+    def make(hparams: dict[str, Any] | None = None, task_options: dict[str, Any] | None = None, **kwargs) -> Spec:
+        return Spec(hparams=tuple(sorted((hparams or {}).items())),
+                    task_options=tuple(sorted((task_options or {}).items())), **kwargs)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -76,10 +78,24 @@ class Task:
     inputs: torch.Tensor
     targets: torch.Tensor
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    likelihood: str  # "gaussian" | "softmax"
+    likelihood: str  # "gaussian" | "softmax" | "none" (the model returns its loss; no K-FAC)
 
 
-def make_task(name: str, seed: int, device: torch.device, dtype: torch.dtype) -> Task:
+def make_task(name: str, seed: int, device: torch.device, dtype: torch.dtype,
+              options: dict[str, Any] | None = None) -> Task:
+    """Model, data and loss of task ``name`` (see TASKS).
+
+    ``options`` go to the task's constructor; only ``kron-quadratic`` takes any
+    (``m``, ``n``, ``cond_left``, ``cond_right``: :func:`natgrad.tasks.quadratic.kron_quadratic`).
+    Its model returns the loss itself and ignores the (1, 1) dummy input.
+    """
+    options = options or {}
+    if name == "kron-quadratic":
+        model = quadratic.kron_quadratic(seed=seed, dtype=dtype, device=device, **options)
+        dummy = torch.zeros(1, 1, dtype=dtype, device=device)
+        return Task(model, dummy, dummy, quadratic.quadratic_loss, "none")
+    if options:
+        raise ValueError(f"task {name!r} takes no options, got {sorted(options)}")
     X, y = digits.load_digits_tensors(dtype=dtype, device=device)
     if name == "digits-autoencoder":
         model = digits.digits_autoencoder(seed=seed).to(device=device, dtype=dtype)
@@ -87,10 +103,10 @@ def make_task(name: str, seed: int, device: torch.device, dtype: torch.dtype) ->
     if name == "digits-classifier":
         model = digits.digits_classifier(seed=seed).to(device=device, dtype=dtype)
         return Task(model, X, y, nn.functional.cross_entropy, "softmax")
-    raise ValueError(f"unknown task {name!r}; choose digits-autoencoder or digits-classifier")
+    raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")
 
 
-TASKS = ("digits-autoencoder", "digits-classifier")
+TASKS = ("digits-autoencoder", "digits-classifier", "kron-quadratic")
 
 
 def make_optimizer(spec: Spec, task: Task):
@@ -153,8 +169,12 @@ def run(
     # Process-wide. Small models gain nothing from more threads, and with other
     # work on the machine OpenMP threads can slow a step down 40x.
     torch.set_num_threads(max(1, spec.threads))
-    task = make_task(spec.task, spec.seed, device, dtype)
     traj = Trajectory(spec)
+    try:
+        task = make_task(spec.task, spec.seed, device, dtype, dict(spec.task_options))
+    except (TypeError, ValueError) as exc:
+        traj.status, traj.message = "error", f"Could not build the task {spec.task!r}: {exc}"
+        return traj
     try:
         opt, step_fn = make_optimizer(spec, task)
     except (TypeError, ValueError) as exc:

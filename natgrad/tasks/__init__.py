@@ -2,7 +2,9 @@
 
 ``natgrad.tasks.digits``: scikit-learn's bundled 8x8 digits (1797 images,
 offline), a deep autoencoder in the style of Martens & Grosse (2015) and a
-small classifier.
+small classifier. ``natgrad.tasks.quadratic``: a quadratic with a
+Kronecker-structured Hessian whose skew (condition numbers) is a parameter,
+for comparing Shampoo's exponents.
 """
 
 from natgrad.tasks.digits import (
@@ -11,5 +13,7 @@ from natgrad.tasks.digits import (
     digits_classifier,
     load_digits_tensors,
 )
+from natgrad.tasks.quadratic import KroneckerQuadratic, kron_quadratic
 
-__all__ = ["autoencoder_loss", "digits_autoencoder", "digits_classifier", "load_digits_tensors"]
+__all__ = ["KroneckerQuadratic", "autoencoder_loss", "digits_autoencoder", "digits_classifier", "kron_quadratic",
+           "load_digits_tensors"]
