@@ -135,3 +135,39 @@ def shampoo_memory(m: int, n: int, *, dtype: str = "float32", block_size: int | 
         per_rank[per_rank.index(min(per_rank))] += 2 * nbytes  # statistic + root
     stats = sum(block_bytes)
     return ShampooMemory((m, n), block_size, len(block_bytes), stats, stats, per_rank)
+
+
+def shampoo_factor_costs(m: int, n: int, *, dtype: str = "float32", block_size: int | None = None
+                         ) -> list[CurvatureCost]:
+    """Shampoo's ``L``, its inverse root, ``R`` and its inverse root for one ``(m, n)``
+    matrix, each summed over the blocks of ``block_size`` (None: one block).
+
+    Every block ``(bm, bn)`` has ``L`` of ``bm^2`` and ``R`` of ``bn^2`` entries, so
+    over the grid ``L`` totals ``(#column blocks) * sum(bm^2)`` and ``R``
+    ``(#row blocks) * sum(bn^2)``; together they are :func:`shampoo_memory`'s
+    ``factor_bytes``. Unblocked, ``L`` of a 32000-row matrix in float32 is
+    ``32000^2 * 4 = 4.096e9`` bytes (facts.md row 6). Inverting means an
+    eigendecomposition (``EIGH_FLOPS d^3``, on statistics only); applying a
+    root to a block's ``(bm, bn)`` matrix costs ``2 bm^2 bn`` (``L``) or
+    ``2 bm bn^2`` (``R``) FLOPs.
+    """
+    if m <= 0 or n <= 0 or (block_size is not None and block_size <= 0):
+        raise ValueError("sizes and block_size must be positive")
+    b = DTYPE_BYTES[dtype]
+    rows, cols = _split(m, block_size), _split(n, block_size)
+    left_sq, right_sq = sum(d * d for d in rows), sum(d * d for d in cols)
+    left, right = len(cols) * left_sq, len(rows) * right_sq
+    left_invert = EIGH_FLOPS * len(cols) * sum(float(d) ** 3 for d in rows)
+    right_invert = EIGH_FLOPS * len(rows) * sum(float(d) ** 3 for d in cols)
+    left_apply, right_apply = 2.0 * n * left_sq, 2.0 * m * right_sq  # sums over blocks of 2 bm^2 bn, 2 bm bn^2
+    return [
+        CurvatureCost("L (statistic)", left, left * b, left_invert, 0.0),
+        CurvatureCost("inverse root of L", left, left * b, 0.0, left_apply),
+        CurvatureCost("R (statistic)", right, right * b, right_invert, 0.0),
+        CurvatureCost("inverse root of R", right, right * b, 0.0, right_apply),
+    ]
+
+
+def shampoo_blocks(m: int, n: int, block_size: int | None = None) -> int:
+    """How many blocks an ``(m, n)`` matrix is cut into (``ceil(m/b) * ceil(n/b)``)."""
+    return len(_split(m, block_size)) * len(_split(n, block_size))

@@ -4,6 +4,6 @@ No state, no I/O, no streamlit. Colours are fixed per optimizer so a learner
 sees the same colour for K-FAC on every page.
 """
 
-from natgrad.viz.figures import COLORS, cost_figure, fisher_figure, loss_figure, traces_figure
+from natgrad.viz.figures import COLORS, cost_figure, fisher_figure, loss_figure, rank_bars_figure, traces_figure
 
-__all__ = ["COLORS", "cost_figure", "fisher_figure", "loss_figure", "traces_figure"]
+__all__ = ["COLORS", "cost_figure", "fisher_figure", "loss_figure", "rank_bars_figure", "traces_figure"]

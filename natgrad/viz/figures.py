@@ -1,4 +1,4 @@
-"""Plotly figure builders used by the K-FAC and damping labs."""
+"""Plotly figure builders used by the labs (K-FAC, damping, Shampoo, sharding)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ COLORS = {
     "SGD+momentum": "#2ca02c",
     "Shampoo": "#9467bd",
     "Sophia": "#ff7f0e",
+    "exponent -1/4": "#9467bd",  # Shampoo's default exponent, in Shampoo's colour
+    "exponent -1/2": "#17becf",
 }
 
 
@@ -103,4 +105,30 @@ def cost_figure(rows: Sequence[dict], value: str, title: str) -> go.Figure:
     fig = go.Figure(go.Bar(x=names, y=vals, text=[r.get(f"{value}_text", f"{v:.3g}") for r, v in zip(rows, vals, strict=True)],
                            textposition="outside", marker_color=["#7f7f7f", "#d62728", "#1f77b4"][: len(rows)]))
     fig.update_layout(title=title, yaxis_type="log", height=320, margin=dict(t=50, b=30))
+    return fig
+
+
+def rank_bars_figure(parts: Mapping[str, Sequence[float]], title: str, yaxis_title: str,
+                     level: float | None = None, level_name: str = "", text: Sequence[str] | None = None) -> go.Figure:
+    """Stacked bars, one bar per rank (``parts`` maps a component name to its per-rank
+    values), with an optional dashed horizontal ``level`` (e.g. total / ranks) named
+    ``level_name`` in the legend.
+
+    ``text`` labels the top of each bar (e.g. human-readable bytes).
+    """
+    names = list(parts)
+    ranks = len(parts[names[0]]) if names else 0
+    x = [f"rank {r}" for r in range(ranks)]
+    fig = go.Figure()
+    for i, name in enumerate(names):
+        last = i == len(names) - 1
+        fig.add_trace(go.Bar(x=x, y=list(parts[name]), name=name, marker_color=_color(name, i),
+                             text=list(text) if last and text is not None else None,
+                             textposition="outside" if last and text is not None else None))
+    if level is not None:  # the line, and a legend entry naming it (an annotation would collide with the bar labels)
+        fig.add_hline(y=level, line_dash="dash", line_color="black")
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=level_name,
+                                 line=dict(dash="dash", color="black")))
+    fig.update_layout(barmode="stack", title=title, yaxis_title=yaxis_title, height=340, margin=dict(t=50, b=30),
+                      legend=dict(orientation="h", y=-0.15))
     return fig

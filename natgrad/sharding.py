@@ -1,0 +1,222 @@
+r"""Train with :class:`~natgrad.optim.DistributedShampoo` on real ``torch.distributed``
+ranks and compare with single-process :class:`~natgrad.optim.Shampoo`.
+
+Usage (what the sharding lab runs)::
+
+    from natgrad.sharding import ShardingConfig, run_sharded
+    result = run_sharded(ShardingConfig(world_size=2, steps=20), progress=lambda frac, text: ...)
+    result.reports[1]["preconditioner_bytes"], result.max_abs_diff
+
+:func:`run_sharded` spawns ``world_size`` gloo processes with
+:func:`natgrad.distributed.launch`. Data parallel: rank ``r`` takes digits
+``r, r + W, r + 2W, ...`` of the first :data:`DATA_SIZE` (divisible by 1, 2, 3
+and 4, so every shard has the same size and the all-reduced mean of the shard
+gradients *is* the full-batch gradient, up to rounding). Each rank keeps only
+its own blocks' statistics and roots and the directions are all-gathered
+(Anil et al. 2020, arXiv 2002.09018; Shi et al. 2023, arXiv 2309.06497). The
+single-process reference trains the same model on the full batch, so the
+parameter difference measures only floating-point rounding: summation order in
+the gradient all-reduce (zero with one rank).
+
+A rank that raises, or hangs past ``collective_timeout_s``, ends the run with
+:class:`natgrad.distributed.DistributedRunError` naming it; ``fault`` in the
+config injects either on purpose.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue as queue_mod
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from natgrad.bench.shampoo import SHAMPOO_BASE
+from natgrad.distributed import launch
+from natgrad.optim.distributed_shampoo import DistributedShampoo
+from natgrad.optim.shampoo import Shampoo
+from natgrad.tasks.digits import AUTOENCODER_WIDTHS, autoencoder_loss, digits_autoencoder, load_digits_tensors
+
+DATA_SIZE = 1788  # = 12 * 149: equal shards on 1, 2, 3 or 4 ranks
+MAX_RANKS = 4
+DEFAULT_LR = 3e-3  # with the benchmark's Shampoo settings (natgrad.bench.shampoo.SHAMPOO_BASE: Adam grafting)
+MODELS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "autoencoder": ("digits autoencoder 64-128-64-32-8-32-64-128-64", AUTOENCODER_WIDTHS),
+    "wide": ("wide autoencoder 64-256-256-64", (64, 256, 256, 64)),
+}
+FAULTS = ("none", "raise", "hang")
+COLLECTIVE_TIMEOUT_S = 30.0  # how long a rank waits for its peers (also when they start up)
+HANG_TIMEOUT_S = 10.0  # the same with an injected hang
+_PROGRESS_EVERY = 5  # steps between a rank's progress messages
+
+
+@dataclass(frozen=True)
+class ShardingConfig:
+    """One sharded run; frozen and hashable so a page can cache results per config."""
+
+    world_size: int = 2
+    model: str = "autoencoder"  # a key of MODELS
+    steps: int = 20
+    max_preconditioner_dim: int = 64  # cuts 128- and 256-wide dimensions into blocks
+    hparams: tuple[tuple[str, Any], ...] = tuple(sorted((SHAMPOO_BASE | {"lr": DEFAULT_LR}).items()))
+    seed: int = 0
+    fault: str = "none"  # "raise" | "hang": rank fault_rank fails / stops answering at fault_step
+    fault_rank: int = 1
+    fault_step: int = 3
+
+    def __post_init__(self):
+        if not 1 <= self.world_size <= MAX_RANKS:
+            raise ValueError(f"world_size must be 1 to {MAX_RANKS}, got {self.world_size}")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
+        if self.steps < 1 or self.max_preconditioner_dim < 1:
+            raise ValueError("steps and max_preconditioner_dim must be positive")
+        if self.fault not in FAULTS:
+            raise ValueError(f"fault must be one of {FAULTS}, got {self.fault!r}")
+
+    def shampoo_kwargs(self) -> dict[str, Any]:
+        return dict(self.hparams) | {"max_preconditioner_dim": self.max_preconditioner_dim}
+
+    def make_model(self) -> torch.nn.Sequential:
+        return digits_autoencoder(seed=self.seed, widths=MODELS[self.model][1])
+
+
+def _data() -> torch.Tensor:
+    return load_digits_tensors()[0][:DATA_SIZE]  # (DATA_SIZE, 64)
+
+
+def rank_worker(rank: int, world_size: int, cfg: ShardingConfig, progress_queue=None) -> dict:
+    """One rank of :func:`run_sharded` (module level so spawn can pickle it by name).
+
+    Returns ``rank_report()`` of :class:`DistributedShampoo` plus ``params``
+    (the trained parameters), ``seconds`` (wall time of the training loop),
+    ``shard_loss`` (last loss on this rank's shard) and ``steps``.
+    """
+    X = _data()[rank::world_size]  # (DATA_SIZE / W, 64)
+    model = cfg.make_model()
+    opt = DistributedShampoo(model.named_parameters(), average_gradients=True, **cfg.shampoo_kwargs())
+    if progress_queue is not None:
+        progress_queue.put((rank, 0))
+    t0 = time.perf_counter()
+    for t in range(cfg.steps):
+        if cfg.fault != "none" and rank == cfg.fault_rank and t == cfg.fault_step:
+            if cfg.fault == "raise":
+                raise RuntimeError(f"injected failure on rank {rank} at step {t}")
+            time.sleep(3600)  # "hang": the launcher ends this process after its timeout
+        opt.zero_grad()
+        loss = autoencoder_loss(model(X), X)
+        loss.backward()
+        opt.step()
+        if progress_queue is not None and ((t + 1) % _PROGRESS_EVERY == 0 or t + 1 == cfg.steps):
+            progress_queue.put((rank, t + 1))
+    report = opt.rank_report()
+    report.update(params=[p.detach().clone() for p in model.parameters()], seconds=time.perf_counter() - t0,
+                  shard_loss=float(loss.detach()), steps=cfg.steps)
+    return report
+
+
+def single_process(cfg: ShardingConfig) -> tuple[torch.nn.Sequential, Shampoo]:
+    """The reference: :class:`Shampoo` on the full :data:`DATA_SIZE` batch, same seed and settings."""
+    X = _data()
+    model = cfg.make_model()
+    opt = Shampoo(model.named_parameters(), **cfg.shampoo_kwargs())
+    for _ in range(cfg.steps):
+        opt.zero_grad()
+        autoencoder_loss(model(X), X).backward()
+        opt.step()
+    return model, opt
+
+
+@dataclass
+class ShardingResult:
+    config: ShardingConfig
+    reports: list[dict]  # per rank: rank_report() + seconds, shard_loss (params removed)
+    reference_bytes: int  # statistics + roots of single-process Shampoo
+    max_abs_diff: float  # max |sharded - single-process| over all parameter entries
+    loss: float  # full-batch loss of the sharded run's parameters
+    reference_loss: float  # full-batch loss of the single-process parameters
+    launch_seconds: float  # spawning, process-group set-up and training, as the caller waited
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_rank_bytes(self) -> list[int]:
+        return [r["preconditioner_bytes"] for r in self.reports]
+
+
+def _full_loss(model: torch.nn.Module, params: list[torch.Tensor] | None = None) -> float:
+    X = _data()
+    with torch.no_grad():
+        if params is not None:
+            for p, q in zip(model.parameters(), params, strict=True):
+                p.copy_(q)
+        return float(autoencoder_loss(model(X), X))
+
+
+def run_sharded(cfg: ShardingConfig, progress: Callable[[float, str], None] | None = None,
+                timeout_s: float = 180.0, collective_timeout_s: float | None = None) -> ShardingResult:
+    """Launch ``cfg.world_size`` gloo ranks running :func:`rank_worker`, then train the
+    single-process reference and compare.
+
+    ``progress(fraction, text)`` is called from the calling thread while the
+    ranks start and train (launching runs in a helper thread). Raises
+    :class:`natgrad.distributed.DistributedRunError` naming the rank when one
+    fails or hangs: its peers give up on it after ``collective_timeout_s``
+    (default :data:`COLLECTIVE_TIMEOUT_S`, or :data:`HANG_TIMEOUT_S` when
+    ``cfg.fault`` is "hang", so the demonstration is short).
+    """
+    if collective_timeout_s is None:
+        collective_timeout_s = HANG_TIMEOUT_S if cfg.fault == "hang" else COLLECTIVE_TIMEOUT_S
+    W = cfg.world_size
+    progress_queue = mp.get_context("spawn").Queue()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["results"] = launch(rank_worker, W, args=(cfg, progress_queue), timeout_s=timeout_s,
+                                    collective_timeout_s=collective_timeout_s)
+        except BaseException as exc:  # handed to the calling thread
+            box["error"] = exc
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=target, name="natgrad-sharding-launch", daemon=True)
+    thread.start()
+    done = [None] * W  # steps each rank reported (None: not started yet)
+    if progress is not None:
+        progress(0.0, f"Starting {W} rank{'s' if W > 1 else ''} (new Python processes import torch) ...")
+    while thread.is_alive():
+        thread.join(0.1)
+        changed = False
+        while True:
+            try:
+                rank, steps = progress_queue.get_nowait()
+            except (queue_mod.Empty, OSError, EOFError):
+                break
+            done[rank], changed = steps, True
+        if changed and progress is not None:
+            started = sum(d is not None for d in done)
+            trained = sum(d or 0 for d in done) / (W * cfg.steps)
+            text = (f"{started} of {W} ranks ready ..." if started < W else
+                    f"Training: step {min(done)}/{cfg.steps} on the slowest rank")
+            progress(0.1 + 0.8 * trained, text)
+    progress_queue.close()
+    if "error" in box:
+        raise box["error"]
+    launch_seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress(0.92, "Training the single-process reference ...")
+    torch.set_num_threads(1)  # as each rank, so the kernels match
+    ref_model, ref_opt = single_process(cfg)
+    ref_params = [p.detach() for p in ref_model.parameters()]
+    results = box["results"]
+    diff = max(float((p - q).abs().max()) for r in results for p, q in zip(r["params"], ref_params, strict=True))
+    loss = _full_loss(cfg.make_model(), results[0]["params"])
+    reports = [{k: v for k, v in r.items() if k != "params"} for r in results]
+    if progress is not None:
+        progress(1.0, "Done")
+    return ShardingResult(cfg, reports, ref_opt.preconditioner_bytes(), diff, loss, _full_loss(ref_model),
+                          launch_seconds, extras={"reference_root_seconds": ref_opt.root_seconds})
+
