@@ -37,3 +37,16 @@ def texts(at: AppTest) -> str:
     for kind in ("markdown", "caption", "success", "error", "warning", "info", "title", "header", "subheader"):
         parts += [str(e.value) for e in getattr(at, kind)]
     return "\n".join(parts)
+
+
+def run_lab(url_path: str, form_id: str, sliders: dict | None = None, radios: dict | None = None) -> AppTest:
+    """Open a lesson page, set select sliders and radios by key, press the lab form's
+    submit button, and check the script raised nothing."""
+    at = open_page(start(), url_path)
+    for key, value in (sliders or {}).items():
+        at.select_slider(key=key).set_value(value)
+    for key, value in (radios or {}).items():
+        at.radio(key=key).set_value(value)
+    at = submit(at, form_id)
+    assert not at.exception, at.exception
+    return at

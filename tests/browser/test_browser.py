@@ -3,6 +3,7 @@ exception; an answer survives a reload."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import pytest
@@ -33,7 +34,7 @@ def test_page_renders_without_exception(server, page, path):
         lesson = next(x for x in LESSONS if x.slug == path)
         page.get_by_role("heading", name="Sources").wait_for()
         assert lesson.title in page.locator("h1").first.inner_text()
-        assert page.locator('[data-testid="stForm"]').count() == len(lesson.questions)
+        assert question_forms(page).count() == len(lesson.questions)
         assert page.locator(".katex").count() > 0, "maths is typeset by KaTeX"
     if path == "":
         page.get_by_role("heading", name="Learning path").wait_for()
@@ -42,13 +43,19 @@ def test_page_renders_without_exception(server, page, path):
     assert "Page not found" not in page.content()
 
 
+def question_forms(page):
+    """The question forms of a lesson page, in order (lab forms left out)."""
+    answer = page.get_by_role("button", name=re.compile(r"^(Check|Save) answer$"))
+    return page.locator('[data-testid="stForm"]').filter(has=answer)
+
+
 def test_answer_survives_reload(server, page):
     lesson = next(x for x in LESSONS if x.slug == "kfac")
     index, q = next((i, q) for i, q in enumerate(lesson.questions) if q.kind == "single")
     right = next(i for i, o in enumerate(q.options) if o.correct)
     page.goto(f"{server['url']}/{lesson.slug}")
     settle(page)
-    form = page.locator('[data-testid="stForm"]').nth(index)
+    form = question_forms(page).nth(index)
     form.scroll_into_view_if_needed()
     form.locator('[role="radiogroup"] label').nth(right).click()
     form.get_by_role("button", name="Check answer").click()
@@ -58,9 +65,25 @@ def test_answer_survives_reload(server, page):
     settle(page)
     page.get_by_role("heading", name="Sources").wait_for()
     assert page.get_by_text("Correct.", exact=True).count() >= 1
-    form = page.locator('[data-testid="stForm"]').nth(index)
+    form = question_forms(page).nth(index)
     assert form.locator('input[type="radio"]').nth(right).is_checked()
     assert page.locator('[data-testid="stException"]').count() == 0
     with sqlite3.connect(server["db"]) as conn:
         rows = conn.execute("SELECT learner, lesson, question, correct FROM attempts").fetchall()
     assert ("guest", lesson.slug, q.id, 1) in rows
+
+
+def test_sharding_lab_spawns_ranks_from_the_real_server(server, page):
+    """The ranks are spawned processes; under ``streamlit run`` (not AppTest) they must
+    start, train and report back, and the lab draws their bars."""
+    page.goto(f"{server['url']}/distributed-shampoo")
+    settle(page)
+    form = page.locator('[data-testid="stForm"]').filter(
+        has=page.get_by_role("button", name="Launch the ranks and train"))
+    form.scroll_into_view_if_needed()
+    form.get_by_role("button", name="Launch the ranks and train").click()
+    page.get_by_text("max |sharded − single process|").wait_for(timeout=120_000)
+    settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "lab stopped" not in page.content() and "The sharded run stopped" not in page.content()
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2

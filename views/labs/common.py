@@ -1,20 +1,25 @@
-"""Glue shared by the labs: run experiments once per spec, with a progress bar."""
+"""Glue shared by the labs: run experiments (or other heavy work) once per key, with a progress bar."""
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from threading import Lock
+from typing import TypeVar
 
 import streamlit as st
 
 from natgrad.devices import pick_device
 from natgrad.experiments import Spec, Trajectory, run
+from natgrad.viz import loss_figure
 
 _MAX_CACHED = 64
+T = TypeVar("T")
 
 
 @st.cache_resource(show_spinner=False)
-def _trajectory_cache() -> tuple[OrderedDict, Lock]:
+def _results_cache() -> tuple[OrderedDict, Lock]:
     return OrderedDict(), Lock()
 
 
@@ -22,23 +27,35 @@ def device() -> str:
     return pick_device().type
 
 
+def cached(key: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()`` once per distinct ``key`` (shared by all sessions, newest
+    ``_MAX_CACHED`` kept). An exception is not cached: the next call tries again."""
+    cache, lock = _results_cache()
+    with lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = compute()
+    with lock:
+        cache[key] = value
+        while len(cache) > _MAX_CACHED:
+            cache.popitem(last=False)
+    return value
+
+
 def run_cached(spec: Spec, label: str) -> Trajectory:
     """``natgrad.experiments.run`` once per distinct spec (shared by all sessions),
     with a progress bar while it trains. Streamlit's Stop button (or any widget
     change) interrupts a run; nothing partial is cached."""
-    cache, lock = _trajectory_cache()
-    with lock:
-        if spec in cache:
-            cache.move_to_end(spec)
-            return cache[spec]
-    bar = st.progress(0.0, text=f"Training {label} ...")
-    traj = run(spec, progress=lambda done, total: bar.progress(done / total, text=f"Training {label}: step {done}/{total}"))
-    bar.empty()
-    with lock:
-        cache[spec] = traj
-        while len(cache) > _MAX_CACHED:
-            cache.popitem(last=False)
-    return traj
+
+    def train() -> Trajectory:
+        bar = st.progress(0.0, text=f"Training {label} ...")
+        traj = run(spec, progress=lambda done, total: bar.progress(done / total,
+                                                                     text=f"Training {label}: step {done}/{total}"))
+        bar.empty()
+        return traj
+
+    return cached(spec, train)
 
 
 def report_status(label: str, traj: Trajectory) -> None:
@@ -47,3 +64,20 @@ def report_status(label: str, traj: Trajectory) -> None:
         st.warning(f"**{label}**: {traj.message}", icon=":material/trending_up:")
     elif traj.status in ("error", "stopped"):
         st.warning(f"**{label}**: {traj.message}", icon=":material/error:")
+
+
+def ms_per_step(traj: Trajectory) -> float:
+    return 1e3 * traj.seconds[-1] / len(traj.seconds) if traj.seconds else math.nan
+
+
+def show_runs(key: str, trajs: dict[str, Trajectory]) -> None:
+    """How each run ended (in words when not simply finished), loss against steps and
+    against seconds in two tabs on shared axes, and final loss with ms/step per run."""
+    for label, t in trajs.items():
+        report_status(label, t)
+    tab_steps, tab_secs = st.tabs(["loss vs steps", "loss vs seconds"])
+    tab_steps.plotly_chart(loss_figure(trajs, "step"), key=f"{key}-fig-steps")
+    tab_secs.plotly_chart(loss_figure(trajs, "seconds"), key=f"{key}-fig-secs")
+    for col, (label, t) in zip(st.columns(len(trajs)), trajs.items(), strict=True):
+        col.metric(label, f"{t.final_loss:.4g}", help="loss at the last step", delta=f"{ms_per_step(t):.1f} ms/step",
+                   delta_color="off")

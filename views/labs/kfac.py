@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from course.lessons import Lab
@@ -12,7 +10,7 @@ from natgrad.bench import kfac as kfac_bench
 from natgrad.experiments import Spec
 from natgrad.snapshots import fisher_snapshot
 from natgrad.viz import cost_figure, fisher_figure, loss_figure, traces_figure
-from views.labs.common import device, report_status, run_cached
+from views.labs.common import device, run_cached, show_runs
 
 BENCH_RESULTS = "docs/bench/kfac.json"
 LOG_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
@@ -88,16 +86,7 @@ def _training(key: str, with_baselines: bool) -> None:
         runs["SGD+momentum"] = Spec.make({"lr": settings["sgd_lr"], "momentum": 0.9}, optimizer="sgd",
                                          steps=settings["steps"], device=device())
     trajs = {label: run_cached(spec, label) for label, spec in runs.items()}
-    for label, t in trajs.items():
-        report_status(label, t)
-    tab_steps, tab_secs = st.tabs(["loss vs steps", "loss vs seconds"])
-    tab_steps.plotly_chart(loss_figure(trajs, "step"), key=f"{key}-fig-steps")
-    tab_secs.plotly_chart(loss_figure(trajs, "seconds"), key=f"{key}-fig-secs")
-    cols = st.columns(len(trajs))
-    for col, (label, t) in zip(cols, trajs.items(), strict=True):
-        ms = 1e3 * t.seconds[-1] / len(t.seconds) if t.seconds else math.nan
-        col.metric(label, f"{t.final_loss:.4g}", help="loss at the last step", delta=f"{ms:.1f} ms/step",
-                   delta_color="off")
+    show_runs(key, trajs)
     k = trajs["K-FAC"]
     shown = {name: k.extras[name] for name in ("damping", "rho", "alpha", "step_norm") if name in k.extras}
     if shown:

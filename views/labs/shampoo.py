@@ -1,0 +1,205 @@
+"""Labs of the Shampoo lesson: the exponent slider, Shampoo vs K-FAC vs Adam, memory."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import streamlit as st
+
+from course.lessons import Lab
+from natgrad import costs
+from natgrad.bench.kfac import KFAC_BASE
+from natgrad.bench.shampoo import SHAMPOO_BASE
+from natgrad.experiments import Spec, Trajectory
+from natgrad.tasks.quadratic import kron_quadratic
+from natgrad.viz import cost_figure, loss_figure, rank_bars_figure
+from views.labs.common import device, report_status, run_cached, show_runs
+from views.labs.kfac import LOG_CHOICES
+
+EXPONENTS = [8, 6, 5, 4, 3, 2.5, 2]  # p: every Kronecker factor gets X^(-1/p)
+MARKED = {4: "Gupta et al. 2018", 2: "Morwani et al. 2025"}
+STEP_CHOICES = [50, 100, 200, 400]
+SKEWS = [1, 3, 10, 30, 100, 300, 1000]
+QUADRATIC_SIZE = 16  # W is 16 x 16
+BLOCK_CHOICES = [128, 256, 512, 1024, 2048, 4096, 8192]
+MAX_BLOCKS = 200_000  # assigning more blocks to GPUs one by one takes too long for a page
+
+
+def exponent_label(p: float) -> str:
+    """``-1/p`` as a fraction: 4 -> "-1/4", 2.5 -> "-2/5"."""
+    f = Fraction(1) / Fraction(str(p))
+    return f"-{f.numerator}/{f.denominator}"
+
+
+def _exponent_option(p: float) -> str:
+    return f"{exponent_label(p)} ({MARKED[p]})" if p in MARKED else exponent_label(p)
+
+
+# ----------------------------------------------------------------- why -1/4
+def _quarter_form() -> dict | None:
+    with st.form("wq"):
+        c1, c2, c3 = st.columns(3)
+        p = c1.select_slider("per-factor exponent (each factor gets X to this power)", EXPONENTS, value=8,
+                             format_func=_exponent_option, key="wq-p")
+        steps = c1.select_slider("steps", STEP_CHOICES, value=200, key="wq-steps")
+        skew = c2.select_slider("skew of the quadratic: condition number κ of each factor A, B", SKEWS, value=100,
+                                key="wq-skew")
+        lr_digits = c3.select_slider("learning rate, digits autoencoder", LOG_CHOICES, value=3e-3, key="wq-lrd")
+        lr_quad = c3.select_slider("learning rate, quadratic", LOG_CHOICES, value=3e-1, key="wq-lrq")
+        if not st.form_submit_button("Train", type="primary"):
+            return st.session_state.get("wq-last")
+    settings = dict(p=p, steps=steps, skew=skew, lr_digits=lr_digits, lr_quad=lr_quad)
+    st.session_state["wq-last"] = settings
+    return settings
+
+
+def _exponent_runs(s: dict, task: str, lr: float, task_options: dict | None = None) -> dict[str, Trajectory]:
+    chosen = [] if s["p"] in (4, 2) else [s["p"]]
+    specs = {}
+    for p in chosen + [4, 2]:
+        label = f"exponent {exponent_label(p)}" + (" (your choice)" if p in chosen else "")
+        specs[label] = Spec.make(SHAMPOO_BASE | {"lr": lr, "exponent_override": p}, task_options, task=task,
+                                 optimizer="shampoo", steps=s["steps"], device=device())
+    specs["Adam"] = Spec.make({"lr": lr}, task_options, task=task, optimizer="adam", steps=s["steps"],
+                              device=device())
+    trajs = {label: run_cached(spec, f"{label} on {task}") for label, spec in specs.items()}
+    for label, t in trajs.items():
+        report_status(f"{label} on {task}", t)
+    return trajs
+
+
+def why_quarter(lab: Lab) -> None:
+    st.markdown(
+        "Shampoo gives every Kronecker factor the power $-1/p$. Gupta, Koren & Singer (2018, arXiv 1802.09568) "
+        "bound full-matrix AdaGrad's $H=\\sum_s g_s g_s^\\top$ by $r\\,(L^{1/2}\\otimes R^{1/2})$; AdaGrad's "
+        "power $-1/2$ applied to that bound is $L^{-1/4}\\otimes R^{-1/4}$, so $-1/4$ per factor is $-1/2$ "
+        "overall. With $-1/2$ per factor the step is $L^{-1/2}\\otimes R^{-1/2} = (L^{1/2}\\otimes R^{1/2})^{-1}$, "
+        "the inverse of the bound itself; Morwani et al. (2025, arXiv 2406.17748) argue for it because "
+        "$L\\otimes R$ approximates $H$ up to a scalar. Every Shampoo run below grafts Adam's step length "
+        "layer by layer, so the lines differ only in the direction each exponent chooses."
+    )
+    s = _quarter_form()
+    if s is None:
+        st.info("Choose settings and press **Train**. Runs are cached: the same settings come back at once.")
+        return
+    quad_options = {"m": QUADRATIC_SIZE, "n": QUADRATIC_SIZE, "cond_left": float(s["skew"]),
+                    "cond_right": float(s["skew"])}
+    digits = _exponent_runs(s, "digits-autoencoder", s["lr_digits"])
+    quad = _exponent_runs(s, "kron-quadratic", s["lr_quad"], quad_options)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(loss_figure(digits, "step", "digits autoencoder"), key="wq-fig-digits")
+    fig = loss_figure(quad, "step", "Kronecker quadratic")
+    fig.update_yaxes(exponentformat="power")  # 10^-6 rather than SI prefixes such as "1µ"
+    c2.plotly_chart(fig, key="wq-fig-quad")
+    st.dataframe([{"run": label, "digits: final loss": f"{digits[label].final_loss:.4g}",
+                   "quadratic: final loss": f"{quad[label].final_loss:.4g}"} for label in digits],
+                 hide_index=True, key="wq-table")
+    cond = kron_quadratic(**quad_options).condition_number()
+    quarter, half = quad["exponent -1/4"].final_loss, quad["exponent -1/2"].final_loss
+    st.caption(
+        f"The quadratic is $f(W)=\\tfrac12\\operatorname{{tr}}((W-W^\\star)^\\top A(W-W^\\star)B)$ with "
+        f"{QUADRATIC_SIZE}x{QUADRATIC_SIZE} $W$, its Hessian $B\\otimes A$ has condition number {cond:,.0f} "
+        f"(computed from $A$ and $B$), and random rotations hide that curvature from Adam's diagonal. "
+        f"Its gradient is $G = A(W-W^\\star)B$, so while the error is spread evenly Shampoo's statistics "
+        f"$\\sum GG^\\top$ and $\\sum G^\\top G$ behave like the squares of $A$ and $B$: $-1/2$ per factor then "
+        f"undoes the curvature roughly as Newton's method would, $-1/4$ only its square root. "
+        f"Here $-1/2$ ended at {half:.3g} and $-1/4$ at {quarter:.3g}. At κ = 1 there is no curvature to undo."
+    )
+
+
+# ------------------------------------------------------- Shampoo vs K-FAC
+def _versus_form() -> dict | None:
+    with st.form("sk"):
+        c1, c2, c3 = st.columns(3)
+        steps = c1.select_slider("steps", STEP_CHOICES, value=200, key="sk-steps")
+        shampoo_lr = c2.select_slider("Shampoo learning rate", LOG_CHOICES, value=3e-3, key="sk-slr")
+        adam_lr = c2.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key="sk-alr")
+        damping = c3.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key="sk-damp")
+        if not st.form_submit_button("Train", type="primary"):
+            return st.session_state.get("sk-last")
+    settings = dict(steps=steps, shampoo_lr=shampoo_lr, adam_lr=adam_lr, damping=damping)
+    st.session_state["sk-last"] = settings
+    return settings
+
+
+def shampoo_vs_kfac(lab: Lab) -> None:
+    st.markdown(
+        "The digits autoencoder (64-128-64-32-8-32-64-128-64, tanh), full batch, the same starting weights for "
+        f"all three. **Shampoo**: summed statistics, roots every {SHAMPOO_BASE['precondition_frequency']} "
+        f"steps, $\\epsilon$ = {SHAMPOO_BASE['epsilon']:g} times the largest eigenvalue, Adam grafting. "
+        f"**K-FAC**: true Fisher, factors averaged with decay {KFAC_BASE['factor_decay']}, inverses every "
+        f"{KFAC_BASE['inverse_update_steps']} steps, step size and momentum from the quadratic model "
+        "(Martens & Grosse 2015, §7), Levenberg-Marquardt damping. **Adam**: the baseline."
+    )
+    s = _versus_form()
+    if s is None:
+        st.info("Choose settings and press **Train**. Runs are cached: the same settings come back at once.")
+        return
+    specs = {
+        "Shampoo": Spec.make(SHAMPOO_BASE | {"lr": s["shampoo_lr"]}, optimizer="shampoo", steps=s["steps"],
+                             device=device()),
+        "K-FAC": Spec.make(KFAC_BASE | {"damping": s["damping"]}, optimizer="kfac", steps=s["steps"],
+                           device=device()),
+        "Adam": Spec.make({"lr": s["adam_lr"]}, optimizer="adam", steps=s["steps"], device=device()),
+    }
+    trajs = {label: run_cached(spec, label) for label, spec in specs.items()}
+    show_runs("sk", trajs)
+    target = trajs["Adam"].final_loss
+    rows = []
+    for label, t in trajs.items():
+        step, secs = t.steps_to(target), t.seconds_to(target)
+        rows.append({"optimizer": label, "final loss": f"{t.final_loss:.4g}",
+                     "step reaching Adam's final loss": "not reached" if step is None else str(step),
+                     "seconds to reach it": "not reached" if secs is None else f"{secs:.2f}"})
+    st.dataframe(rows, hide_index=True, key="sk-table")
+    st.caption(f"Adam's final loss is {target:.4g}. Times are wall clock on this device, measured step by step "
+               "while other sessions may share the machine.")
+
+
+# ------------------------------------------------------------ memory
+def _memory_rows(m: int, n: int, dtype: str, block: int | None, layout: str) -> list[dict]:
+    parts = costs.shampoo_factor_costs(m, n, dtype=dtype, block_size=block)
+    blocks = costs.shampoo_blocks(m, n, block)
+    rows = [{"layout": layout, "matrix": c.name, "blocks": blocks, "entries": c.entries, "bytes": c.bytes,
+             "memory": costs.human_bytes(c.bytes)} for c in parts]
+    total = sum(c.bytes for c in parts)
+    rows.append({"layout": layout, "matrix": "total", "blocks": blocks, "entries": sum(c.entries for c in parts),
+                 "bytes": total, "memory": costs.human_bytes(total)})
+    return rows
+
+
+def shampoo_memory(lab: Lab) -> None:
+    c1, c2, c3 = st.columns(3)
+    m = int(c1.number_input("rows m (e.g. vocabulary)", min_value=1, max_value=1_000_000, value=32000, step=1,
+                            key="sm-m"))
+    n = int(c1.number_input("columns n (e.g. hidden size)", min_value=1, max_value=1_000_000, value=4096, step=1,
+                            key="sm-n"))
+    dtype = c2.selectbox("dtype", list(costs.DTYPE_BYTES), index=1, key="sm-dtype")
+    block = c2.select_slider("block size (max_preconditioner_dim)", BLOCK_CHOICES, value=1024, key="sm-block")
+    gpus = int(c3.number_input("GPUs sharing the blocks", min_value=1, max_value=256, value=4, step=1,
+                               key="sm-gpus"))
+    rows = _memory_rows(m, n, dtype, None, "unblocked") + _memory_rows(m, n, dtype, block, f"blocks of {block}")
+    st.dataframe(rows, hide_index=True, key="sm-table")
+    totals = [r for r in rows if r["matrix"] == "total"]
+    st.plotly_chart(cost_figure([{"name": r["layout"], "bytes": r["bytes"], "bytes_text": r["memory"]} for r in totals],
+                                "bytes", "statistics and inverse roots (bytes, log scale)"), key="sm-fig")
+    blocks = costs.shampoo_blocks(m, n, block)
+    if blocks > MAX_BLOCKS:
+        st.warning(f"With blocks of {block} this matrix has {blocks:,} blocks: too many to hand out to GPUs one by "
+                   "one here. Choose a larger block size or smaller sizes to see the per-GPU share.")
+        return
+    shares = {layout: costs.shampoo_memory(m, n, dtype=dtype, block_size=b, world_size=gpus)
+              for layout, b in (("unblocked", None), (f"blocks of {block}", block))}
+    cols = st.columns(len(shares) + 1)
+    for col, (layout, mem) in zip(cols, shares.items(), strict=False):
+        col.metric(f"largest per-GPU share, {layout}", costs.human_bytes(max(mem.per_rank)),
+                   help="Blocks go, largest first, to the GPU holding the least so far; a block is never split.")
+    blocked = shares[f"blocks of {block}"]
+    cols[-1].metric("total / GPUs", costs.human_bytes(blocked.total_bytes / gpus))
+    if gpus > 1:
+        st.plotly_chart(rank_bars_figure({"statistics and roots": blocked.per_rank}, f"per GPU, blocks of {block}",
+                                         "bytes", level=blocked.total_bytes / gpus, level_name="total / GPUs",
+                                         text=[costs.human_bytes(b) for b in blocked.per_rank]), key="sm-ranks")
+    st.caption(f"Unblocked, the whole matrix is one block, so one GPU holds all "
+               f"{costs.human_bytes(shares['unblocked'].total_bytes)} however many GPUs there are. SI units: "
+               "1 GB = 10⁹ bytes.")
