@@ -91,13 +91,15 @@ def first_reach(traj: Trajectory, target: float) -> tuple[int | None, float | No
 
 
 def targets_vs_adam(adam: Sequence[GridResult], other: Sequence[GridResult], horizons: Sequence[int], *,
-                    name: str, hparam: str, label: str, log: Callable[[str], None] = print) -> list[dict]:
+                    name: str, hparam: str, label: str, log: Callable[[str], None] = print,
+                    extra: Sequence[str] = ()) -> list[dict]:
     """One row per horizon ``h``: the target is the loss tuned Adam (best learning
     rate at ``h``) reaches after ``h`` steps; ``other`` is tuned per target (the
     grid point that gets there in the fewest steps; if none does, the one with
     the lowest final loss). Keys: ``adam_horizon, target, adam_lr, adam_steps,
     adam_seconds, {name}_{hparam}, {name}_steps, {name}_seconds, step_ratio,
-    time_ratio`` (ratios Adam / other; None where other never reaches it)."""
+    time_ratio`` (ratios Adam / other; None where other never reaches it), and
+    ``{name}_{key}`` for each hyper-parameter named in ``extra``."""
     rows = []
     for h in horizons:
         a = best_at(adam, h)
@@ -112,19 +114,20 @@ def targets_vs_adam(adam: Sequence[GridResult], other: Sequence[GridResult], hor
         rows.append({"adam_horizon": h, "target": target, "adam_lr": a.hparams["lr"], "adam_steps": a_steps,
                      "adam_seconds": a_secs, f"{name}_{hparam}": o.hparams[hparam], f"{name}_steps": o_steps,
                      f"{name}_seconds": o_secs, "step_ratio": (a_steps / o_steps) if o_steps else None,
-                     "time_ratio": (a_secs / o_secs) if o_secs else None})
+                     "time_ratio": (a_secs / o_secs) if o_secs else None,
+                     **{f"{name}_{k}": o.hparams.get(k) for k in extra}})
         log(f"target {target:.4g} (tuned Adam @ {h}): Adam {a_steps} steps / {fmt(a_secs, '.2f')}s, "
             f"{label} {o_steps} steps / {fmt(o_secs, '.2f')}s")
     return rows
 
 
 def compare_at(adam: Sequence[GridResult], other: Sequence[GridResult], steps: int, *, name: str,
-               hparam: str) -> dict:
+               hparam: str, extra: Sequence[str] = ()) -> dict:
     """Losses of tuned Adam and tuned ``other`` (each the best of its grid there) after ``steps`` steps."""
     a, o = best_at(adam, steps), best_at(other, steps)
     return {"steps": steps, "adam_loss": a.loss_at(steps), "adam_lr": a.hparams["lr"],
             f"{name}_loss": o.loss_at(steps), f"{name}_{hparam}": o.hparams[hparam],
-            "loss_ratio": a.loss_at(steps) / o.loss_at(steps)}
+            "loss_ratio": a.loss_at(steps) / o.loss_at(steps), **{f"{name}_{k}": o.hparams.get(k) for k in extra}}
 
 
 def median_seconds_per_step(results: Sequence[GridResult]) -> float:
