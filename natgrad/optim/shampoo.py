@@ -322,7 +322,9 @@ class Shampoo(torch.optim.Optimizer):
         rest = [i for i in range(len(ps)) if i not in set(graft_only)]
         if not rest:
             return
-        a = [nums[i] if dens is None else nums[i] / dens[i] for i in rest]  # graft steps A_t, times (1 - beta1^t)
+        a = [nums[i] for i in rest]  # graft steps A_t, times (1 - beta1^t)
+        if dens is not None:
+            a = torch._foreach_div(a, [dens[i] for i in rest])
         us = [x if on[i] or cs[i] == 1.0 else x / cs[i] for i, x in zip(rest, a, strict=True)]
         scales: list = [None] * len(rest)  # the update is us[j] * scales[j]
         shampoo = [j for j, i in enumerate(rest) if on[i]]
@@ -330,9 +332,10 @@ class Shampoo(torch.optim.Optimizer):
             for j in shampoo:
                 us[j] = self._direction(ps[rest[j]], plan[ps[rest[j]]], directions)
             if group["grafting"] is not None:  # layer-wise grafting: Shampoo's direction, the graft's norm
-                na = torch.stack(torch._foreach_norm([a[j] for j in shampoo]))
-                na = na / torch.tensor([cs[rest[j]] for j in shampoo], dtype=na.dtype, device=na.device)
-                ns = torch.stack(torch._foreach_norm([us[j] for j in shampoo]))
+                norms = torch.stack(torch._foreach_norm([a[j] for j in shampoo] + [us[j] for j in shampoo]))
+                na, ns = norms[:len(shampoo)], norms[len(shampoo):]
+                if any(cs[rest[j]] != 1.0 for j in shampoo):
+                    na = na / torch.tensor([cs[rest[j]] for j in shampoo], dtype=na.dtype, device=na.device)
                 for j, r in zip(shampoo, (na / ns.clamp_min(torch.finfo(ns.dtype).tiny)).unbind(), strict=True):
                     scales[j] = r
         pr = [ps[i] for i in rest]
