@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from natgrad.bench import kfac, protocol
 from natgrad.bench import shampoo as bench
@@ -64,12 +65,12 @@ def _synthetic(theirs: bool = True) -> dict:
     targets = [dict(adam_horizon=h, target=1.0 / h, adam_lr=1e-2, adam_steps=h - 1, adam_seconds=h * 7e-3,
                     shampoo_lr=4e-3, shampoo_steps=(h - 1) // 4, shampoo_seconds=h * 7e-3 / 3.5,
                     step_ratio=(h - 1) / ((h - 1) // 4), time_ratio=3.5) for h in p["horizons"]]
-    names = ["Adam", "natgrad Shampoo"] + (["pytorch-optimizer Shampoo"] if theirs else [])
-    sps = dict(zip(names, [7e-3, 8.5e-3, 9e-3], strict=False))
+    names = ["Adam", "natgrad Shampoo"] + (["pytorch-optimizer Shampoo", bench.SAME_WORK] if theirs else [])
+    sps = dict(zip(names, [7e-3, 8.5e-3, 9e-3, 8e-3], strict=False))
     timing = dict(seconds_per_step=sps, mean_seconds_per_step=sps, step_seconds={n: s / 4 for n, s in sps.items()},
                   final_loss={n: 1.0 for n in names}, theirs="pytorch_optimizer 4.1.0" if theirs else "not installed",
                   blocks=10, block=10, lr=4e-3, their_lr=1e-3, threads=1, ours_vs_adam=8.5 / 7,
-                  ours_vs_theirs=8.5 / 9 if theirs else None)
+                  ours_vs_theirs=8.5 / 9 if theirs else None, same_work_vs_theirs=8 / 9 if theirs else None)
     sharded = [dict(model="digits autoencoder", world_size=w, widths=list(SMALL), steps=40, max_preconditioner_dim=64,
                     ranks=[dict(rank=r, blocks=3, statistics_bytes=600 // w, root_bytes=400 // w,
                                 preconditioner_bytes=1000 // w, seconds_per_step=0.01, root_seconds_per_step=1e-3,
@@ -90,7 +91,8 @@ def test_report_of_a_synthetic_result(tmp_path):
     assert "Shampoo vs tuned Adam" in text and "Shampoo steps" in text and "Shampoo s" in text
     assert "0.001 (@1000)" in text  # the hardest target's row
     assert "loss after 600 steps" in text and "Adam/Shampoo = 2.00x" in text
-    assert "pytorch-optimizer Shampoo" in text and "natgrad / pytorch-optimizer (pytorch_optimizer 4.1.0): 0.94x" in text
+    assert "pytorch-optimizer Shampoo" in text and "natgrad / pytorch-optimizer (pytorch_optimizer 4.1.0): 0.89x on the same work" in text
+    assert "0.94x with our Adam grafting" in text
     assert "digits autoencoder" in text and "1.300" in text
     verdicts = [g["met"] for g in r["goals"]]
     assert verdicts == [True, True, True, True, True, False]  # the W = 3 balance of 1.3 misses 1.25
@@ -111,17 +113,19 @@ def test_report_without_pytorch_optimizer():
 
 def test_side_by_side_timer_returns_positive_numbers():
     t = bench.time_per_step(blocks=2, block=2, warmup_blocks=1, widths=SMALL)
-    expected = {"Adam", "natgrad Shampoo"} | ({"pytorch-optimizer Shampoo"} if t["theirs"] != "not installed" else set())
+    theirs = {"pytorch-optimizer Shampoo", bench.SAME_WORK}
+    expected = {"Adam", "natgrad Shampoo"} | (theirs if t["theirs"] != "not installed" else set())
     assert set(t["seconds_per_step"]) == expected
     assert all(s > 0 for s in t["seconds_per_step"].values()) and all(s > 0 for s in t["step_seconds"].values())
     assert t["ours_vs_adam"] > 0 and (t["ours_vs_theirs"] is None) == (t["theirs"] == "not installed")
+    assert (t["same_work_vs_theirs"] is None) == (t["theirs"] == "not installed")
 
 
 def test_side_by_side_timer_without_pytorch_optimizer(monkeypatch):
     monkeypatch.setattr(bench, "_their_shampoo", lambda: (None, "not installed"))
     t = bench.time_per_step(blocks=1, block=1, warmup_blocks=0, widths=SMALL)
     assert set(t["seconds_per_step"]) == {"Adam", "natgrad Shampoo"}
-    assert t["theirs"] == "not installed" and t["ours_vs_theirs"] is None
+    assert t["theirs"] == "not installed" and t["ours_vs_theirs"] is None and t["same_work_vs_theirs"] is None
 
 
 def test_sharded_on_two_ranks_adds_up_to_the_single_process_total():
@@ -147,3 +151,34 @@ def test_command_line_writes_json(tmp_path, monkeypatch, capsys):
     out = tmp_path / "s.json"
     assert main(["shampoo", "--quick", "--out", str(out)]) == 0
     assert "Goals:" in capsys.readouterr().out and bench.load(out)["quick"] is True
+
+
+def test_same_work_configuration_takes_pytorch_optimizers_steps():
+    """The "same work" row is a fair comparison only if ours, so configured, is the
+    same algorithm as pytorch-optimizer's Shampoo: on a bias-free MLP in float64 both
+    take the same 25 steps (theirs moves nothing before its first roots at step 10,
+    so ours gets lr 0 until then; roots by eigh vs SVD agree to rounding)."""
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    from natgrad.optim import Shampoo
+
+    torch.manual_seed(0)
+    X = torch.randn(32, 8, dtype=torch.float64)
+
+    def model():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(8, 6, bias=False), torch.nn.Tanh(),
+                                   torch.nn.Linear(6, 8, bias=False)).double()
+
+    ours_m, theirs_m = model(), model()
+    ours = Shampoo(ours_m.parameters(), lr=0.0, start_preconditioning_step=10, **bench.SAME_WORK_CONFIG)
+    theirs = pytorch_optimizer.Shampoo(theirs_m.parameters(), lr=0.05, preconditioning_compute_steps=10, matrix_eps=1e-4)
+    for step in range(1, 26):
+        ours.param_groups[0]["lr"] = 0.05 if step >= 10 else 0.0
+        for m, opt in ((ours_m, ours), (theirs_m, theirs)):
+            opt.zero_grad()
+            ((m(X) - X) ** 2).mean().backward()
+            opt.step()
+    moved = max((p - q).abs().max().item() for p, q in zip(theirs_m.parameters(), model().parameters(), strict=True))
+    assert moved > 1e-2  # the comparison is not vacuous
+    for p, q in zip(ours_m.parameters(), theirs_m.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-10)
