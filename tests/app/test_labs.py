@@ -63,3 +63,20 @@ def test_damping_lab_shows_damping_and_rho():
     assert not at.exception
     assert any("reduction ratio" in m.value for m in at.markdown)
     assert not [e for e in at.error if "lab stopped" in e.value]
+
+
+@pytest.mark.parametrize(("slug", "names"), [("kfac", ["kfac"]), ("shampoo", ["shampoo", "kfac"])])
+def test_lessons_show_the_stored_benchmarks(slug, names):
+    """The lesson prints the committed benchmark results exactly as the command line does."""
+    from natgrad.bench import kfac as kfac_bench
+    from natgrad.bench import shampoo as shampoo_bench
+    from natgrad.bench.protocol import load
+    from views.labs.common import BENCH_DIR
+
+    at = open_page(start(), slug)
+    assert not at.exception
+    shown = [c.value for c in at.code]
+    for name in names:
+        result = load(BENCH_DIR / f"{name}.json")
+        assert result is not None, f"docs/bench/{name}.json is missing"
+        assert {"kfac": kfac_bench, "shampoo": shampoo_bench}[name].report(result) in shown

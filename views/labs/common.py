@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from threading import Lock
+from types import SimpleNamespace
 from typing import TypeVar
 
 import streamlit as st
 
+from natgrad.bench.protocol import load as load_bench
 from natgrad.devices import pick_device
 from natgrad.experiments import Spec, Trajectory, run
 from natgrad.viz import loss_figure
 
 _MAX_CACHED = 64
+BENCH_DIR = Path(__file__).resolve().parents[2] / "docs" / "bench"
 T = TypeVar("T")
 
 
@@ -81,3 +85,20 @@ def show_runs(key: str, trajs: dict[str, Trajectory]) -> None:
     for col, (label, t) in zip(st.columns(len(trajs)), trajs.items(), strict=True):
         col.metric(label, f"{t.final_loss:.4g}", help="loss at the last step", delta=f"{ms_per_step(t):.1f} ms/step",
                    delta_color="off")
+
+
+def bench_results(name: str, title: str, report: Callable[[dict], str]) -> None:
+    """An expander with the stored results of ``python -m natgrad.bench NAME`` (its
+    printed report and the tuned loss curves), or how to produce them."""
+    result = load_bench(BENCH_DIR / f"{name}.json")
+    with st.expander(f"Benchmark: {title} (python -m natgrad.bench {name})"):
+        if result is None:
+            st.info(f"No benchmark results are stored yet. Run `python -m natgrad.bench {name} "
+                    f"--out docs/bench/{name}.json`.")
+            return
+        st.code(report(result), language=None)
+        curves = result.get("curves", {})
+        if curves:
+            trajs = {f"{k} {v['hparams']}": SimpleNamespace(step=v["step"], seconds=v["seconds"], loss=v["loss"],
+                                                             status="ok") for k, v in curves.items()}
+            st.plotly_chart(loss_figure(trajs, "seconds", "tuned runs from the benchmark"), key=f"bench-{name}")

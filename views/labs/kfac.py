@@ -9,10 +9,9 @@ from natgrad import costs
 from natgrad.bench import kfac as kfac_bench
 from natgrad.experiments import Spec
 from natgrad.snapshots import fisher_snapshot
-from natgrad.viz import cost_figure, fisher_figure, loss_figure, traces_figure
-from views.labs.common import device, run_cached, show_runs
+from natgrad.viz import cost_figure, fisher_figure, traces_figure
+from views.labs.common import bench_results, device, run_cached, show_runs
 
-BENCH_RESULTS = "docs/bench/kfac.json"
 LOG_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
 
@@ -101,7 +100,7 @@ def kfac_training(lab: Lab) -> None:
         "autoencoders Martens & Grosse used), full batch, trained by our K-FAC, Adam and SGD with momentum."
     )
     _training("kt", with_baselines=True)
-    _bench_results()
+    bench_results("kfac", "K-FAC vs tuned Adam", kfac_bench.report)
 
 
 def damping_lab(lab: Lab) -> None:
@@ -110,22 +109,6 @@ def damping_lab(lab: Lab) -> None:
         "on the Levenberg-Marquardt rule and watch λ follow ρ."
     )
     _training("dl", with_baselines=False)
-
-
-def _bench_results() -> None:
-    result = kfac_bench.load(BENCH_RESULTS)
-    with st.expander("Benchmark: K-FAC vs tuned Adam (python -m natgrad.bench kfac)"):
-        if result is None:
-            st.info("No benchmark results are stored yet. Run `python -m natgrad.bench kfac --out docs/bench/kfac.json`.")
-            return
-        st.code(kfac_bench.report(result), language=None)
-        curves = result.get("curves", {})
-        if curves:
-            from types import SimpleNamespace
-
-            trajs = {f"{k} {v['hparams']}": SimpleNamespace(step=v["step"], seconds=v["seconds"], loss=v["loss"],
-                                                             status="ok") for k, v in curves.items()}
-            st.plotly_chart(loss_figure(trajs, "seconds", "tuned runs from the benchmark"), key="bench-fig")
 
 
 def kfac_cost(lab: Lab) -> None:

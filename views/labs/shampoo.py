@@ -8,12 +8,14 @@ import streamlit as st
 
 from course.lessons import Lab
 from natgrad import costs
+from natgrad.bench import kfac as kfac_bench
+from natgrad.bench import shampoo as shampoo_bench
 from natgrad.bench.kfac import KFAC_BASE
 from natgrad.bench.shampoo import SHAMPOO_BASE
 from natgrad.experiments import Spec, Trajectory
 from natgrad.tasks.quadratic import kron_quadratic
 from natgrad.viz import cost_figure, loss_figure, rank_bars_figure
-from views.labs.common import device, report_status, run_cached, show_runs
+from views.labs.common import bench_results, device, report_status, run_cached, show_runs
 from views.labs.kfac import LOG_CHOICES
 
 EXPONENTS = [8, 6, 5, 4, 3, 2.5, 2]  # p: every Kronecker factor gets X^(-1/p)
@@ -131,6 +133,8 @@ def shampoo_vs_kfac(lab: Lab) -> None:
         f"{KFAC_BASE['inverse_update_steps']} steps, step size and momentum from the quadratic model "
         "(Martens & Grosse 2015, §7), Levenberg-Marquardt damping. **Adam**: the baseline."
     )
+    bench_results("shampoo", "Shampoo vs tuned Adam, step time vs pytorch-optimizer, sharded runs", shampoo_bench.report)
+    bench_results("kfac", "K-FAC vs tuned Adam", kfac_bench.report)
     s = _versus_form()
     if s is None:
         st.info("Choose settings and press **Train**. Runs are cached: the same settings come back at once.")
