@@ -12,6 +12,7 @@ exactly too.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 
 import pytest
@@ -164,3 +165,26 @@ def test_example_script_trains_in_one_process():
     # four 128-wide weights cut in two 64-wide blocks each, four other weights, eight biases
     assert report["world_size"] == 1 and len(report["blocks"]) == 4 * 2 + 4 + 8
     assert "rank 0/1" in format_report(report)
+
+
+def test_readme_torchrun_command_runs_two_ranks():
+    """The README's single-machine torchrun command, with 2 ranks and 3 steps: each
+    rank reports itself, and the blocks the ranks own add up to the whole model."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    torchrun = str(torchrun) if torchrun.exists() else shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on this Python's path")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "torchrun --standalone --nproc-per-node=4 -m natgrad.examples.shampoo_torchrun" in readme
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "natgrad.examples.shampoo_torchrun",
+                          "--steps", "3", "--timeout", "60"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    owned = {int(r): int(n) for r, n in re.findall(r"rank (\d)/2: (\d+) blocks", out.stdout)}
+    assert owned.keys() == {0, 1} and sum(owned.values()) == 4 * 2 + 4 + 8  # as in the one-process test above
