@@ -21,8 +21,8 @@ from natgrad.bench.protocol import (
     adam_protocol,
     best_at,
     compare_at,
+    comparison_lines,
     curve,
-    fmt,
     grid,
     load,
     machine,
@@ -75,10 +75,5 @@ def report(r: dict) -> str:
     lines = [f"K-FAC vs tuned Adam, digits autoencoder, full batch ({'quick' if r['quick'] else 'full'} protocol, "
              f"{r['device']}, torch {r['machine']['torch']}, {r['machine']['threads']} thread(s))", "",
              *target_table(r["targets"], "kfac", "K-FAC")]
-    c = r["compare"]
-    lines += ["", f"loss after {c['steps']} steps: tuned Adam {fmt(c['adam_loss'], '.4g')} (lr {c['adam_lr']:.3g}), "
-              f"K-FAC {fmt(c['kfac_loss'], '.4g')} (damping0 {c['kfac_damping']:g}): Adam/K-FAC = "
-              f"{fmt(c['loss_ratio'], '.2f')}x",
-              f"time per step: Adam {1e3 * r['adam_seconds_per_step']:.2f} ms, K-FAC "
-              f"{1e3 * r['kfac_seconds_per_step']:.2f} ms ({r['time_per_step_ratio']:.1f}x)"]
+    lines += ["", *comparison_lines(r, "kfac", "K-FAC", f"damping0 {r['compare']['kfac_damping']:g}")]
     return "\n".join(lines)

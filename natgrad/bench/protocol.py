@@ -152,6 +152,16 @@ def target_table(targets: Sequence[dict], name: str, label: str) -> list[str]:
     return lines
 
 
+def comparison_lines(r: dict, name: str, label: str, setting: str, timing_note: str = "") -> list[str]:
+    """Report lines: both methods' loss after ``r["compare"]["steps"]`` steps, and their
+    time per step (``setting`` describes the compared ``label`` run)."""
+    c = r["compare"]
+    return [f"loss after {c['steps']} steps: tuned Adam {fmt(c['adam_loss'], '.4g')} (lr {c['adam_lr']:.3g}), "
+            f"{label} {fmt(c[name + '_loss'], '.4g')} ({setting}): Adam/{label} = {fmt(c['loss_ratio'], '.2f')}x",
+            f"time per step{timing_note}: Adam {1e3 * r['adam_seconds_per_step']:.2f} ms, {label} "
+            f"{1e3 * r[name + '_seconds_per_step']:.2f} ms ({r['time_per_step_ratio']:.2f}x)"]
+
+
 def curve(r: GridResult, points: int = 400) -> dict:
     """At most ``points`` evenly spaced samples of a run's loss curve, for plots."""
     t = r.trajectory

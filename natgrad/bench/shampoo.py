@@ -33,6 +33,7 @@ from natgrad.bench.protocol import (
     adam_protocol,
     best_at,
     compare_at,
+    comparison_lines,
     curve,
     fmt,
     grid,
@@ -370,11 +371,8 @@ def report(r: dict) -> str:
     lines += [f"  Shampoo at the target of Adam@{t['adam_horizon']}: {_family(t, 'shampoo_')}, lr {t['shampoo_lr']:g}"
               for t in r["targets"]]
     c = r["compare"]
-    lines += ["", f"loss after {c['steps']} steps: tuned Adam {fmt(c['adam_loss'], '.4g')} (lr {c['adam_lr']:.3g}), "
-              f"Shampoo {fmt(c['shampoo_loss'], '.4g')} ({_family(c, 'shampoo_')}, lr {c['shampoo_lr']:g}): Adam/Shampoo = "
-              f"{fmt(c['loss_ratio'], '.2f')}x",
-              f"time per step in the grids (medians): Adam {1e3 * r['adam_seconds_per_step']:.2f} ms, Shampoo "
-              f"{1e3 * r['shampoo_seconds_per_step']:.2f} ms ({r['time_per_step_ratio']:.2f}x)"]
+    lines += ["", *comparison_lines(r, "shampoo", "Shampoo", f"{_family(c, 'shampoo_')}, lr {c['shampoo_lr']:g}",
+                                    " in the grids (medians)")]
     t = r["timing"]
     lines += ["", f"Time per training iteration (forward + backward + step, full batch), side by side: median of "
               f"{t['blocks']} interleaved blocks of {t['block']} iterations, lr {t['lr']:g} (pytorch-optimizer: {t['their_lr']:g}), {t['threads']} thread(s)"]
