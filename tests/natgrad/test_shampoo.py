@@ -364,6 +364,31 @@ def test_param_groups_names_zero_dim_and_fp64():
     assert opt.state[s]["blocks"][0]["diag"].shape == (1,)
 
 
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_an_empty_parameter_changes_nothing(mode):
+    """A 0-element parameter (a bias of width 0) sits among the diagonal blocks
+    without changing the other parameters' steps by a single bit."""
+    torch.manual_seed(0)
+    w0, b0, c0 = torch.randn(4, 3), torch.randn(4), torch.randn(3)
+    x = torch.randn(6, 3)
+
+    def train(with_empty: bool):
+        w, b, c = (torch.nn.Parameter(t.clone()) for t in (w0, b0, c0))
+        e = torch.nn.Parameter(torch.zeros(0))
+        opt = Shampoo([w, b, e, c] if with_empty else [w, b, c], lr=0.05, start_preconditioning_step=1,
+                      epsilon=1e-4, epsilon_mode=mode)
+        for _ in range(5):
+            opt.zero_grad()
+            (torch.tanh(x @ w.T + b).sum(0) @ c[:1].expand(4) + e.sum() + (c**2).sum()).backward()
+            opt.step()
+        return w, b, c, e
+
+    *with_e, e = train(True)
+    for p, q in zip(with_e, train(False)[:3], strict=True):
+        assert torch.equal(p, q)
+    assert e.shape == (0,)
+
+
 @pytest.mark.parametrize("bad", [dict(grafting="lion"), dict(statistics="max"), dict(epsilon_mode="x"),
                                  dict(beta1=1.0), dict(precondition_frequency=0), dict(exponent_override=-2)])
 def test_rejects_bad_hyperparameters(bad):
