@@ -8,7 +8,7 @@ with a bias the input side is ``n + 1``):
   ``O(m^3 + n^3)`` to invert (eigendecompose), ``O(m^2 n + m n^2)`` to apply;
 * diagonal (Adam-like): ``m n`` entries, ``O(m n)`` to apply.
 
-Martens & Grosse 2015 (arXiv 1503.05671); facts.md row 7. Shampoo keeps a
+Martens & Grosse 2015 (arXiv 1503.05671), section 4. Shampoo keeps a
 statistic and its inverse root per factor, so twice the factor memory.
 """
 
@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from natgrad.optim.shampoo.blocks import assign_blocks, plan_blocks
 
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 # Dense symmetric eigendecomposition is about 9 n^3 flops (Golub & Van Loan); we
@@ -55,7 +57,7 @@ def layer_costs(m: int, n: int, *, bias: bool = True, dtype: str = "float32") ->
 
 
 def factor_bytes(dim: int, dtype: str = "float32") -> int:
-    """Bytes of one dense ``dim x dim`` factor (facts.md row 6: 32000 -> 4.1 GB fp32)."""
+    """Bytes of one dense ``dim x dim`` factor (32000 -> 32000^2 * 4 = 4.096e9 bytes in fp32)."""
     return dim * dim * DTYPE_BYTES[dtype]
 
 
@@ -101,7 +103,7 @@ class ShampooMemory:
     blocks: int
     factor_bytes: int  # statistics L and R of every block
     root_bytes: int  # their inverse roots (same size)
-    per_rank: list[int]  # bytes held by each of world_size ranks (greedy by bytes)
+    per_rank: list[int]  # bytes held by each of world_size ranks (DistributedShampoo's assignment)
 
     @property
     def total_bytes(self) -> int:
@@ -116,25 +118,30 @@ def _split(dim: int, block: int | None) -> list[int]:
 
 def shampoo_memory(m: int, n: int, *, dtype: str = "float32", block_size: int | None = None,
                    world_size: int = 1) -> ShampooMemory:
-    """Bytes Shampoo keeps for one ``(m, n)`` matrix parameter.
+    r"""Bytes Shampoo keeps for one ``(m, n)`` matrix parameter.
 
     Each block ``(bm, bn)`` has statistics ``L`` (bm x bm) and ``R`` (bn x bn)
     plus their inverse roots, so ``2 (bm^2 + bn^2)`` numbers. With
     ``block_size`` every dimension is cut into pieces of at most that size
-    (Shi et al. 2023, ``max_preconditioner_dim``). Blocks are spread over
-    ``world_size`` ranks largest first, each to the least-loaded rank, so
-    ``per_rank`` shows what sharding buys (Anil et al. 2020; Shi et al. 2023).
+    (Shi et al. 2023, ``max_preconditioner_dim``). ``per_rank`` is what each of
+    ``world_size`` ranks holds when the blocks are handed out exactly as
+    :class:`natgrad.optim.DistributedShampoo` hands them out
+    (:func:`natgrad.optim.shampoo.blocks.plan_blocks` and
+    :func:`~natgrad.optim.shampoo.blocks.assign_blocks`: by root cost
+    :math:`\sum_i d_i^3`, largest first, each to the least-loaded rank; Anil et
+    al. 2020; Shi et al. 2023).
     """
     if m <= 0 or n <= 0 or world_size <= 0:
         raise ValueError("sizes and world_size must be positive")
-    b = DTYPE_BYTES[dtype]
-    block_bytes = sorted((b * (bm * bm + bn * bn) for bm in _split(m, block_size) for bn in _split(n, block_size)),
-                         reverse=True)
+    if block_size is not None and block_size <= 0:
+        raise ValueError("block_size must be positive")
+    blocks = plan_blocks((m, n), block_size or max(m, n), 0, "W", getattr(torch, dtype))
+    owner = assign_blocks(blocks, world_size)
     per_rank = [0] * world_size
-    for nbytes in block_bytes:
-        per_rank[per_rank.index(min(per_rank))] += 2 * nbytes  # statistic + root
-    stats = sum(block_bytes)
-    return ShampooMemory((m, n), block_size, len(block_bytes), stats, stats, per_rank)
+    for blk in blocks:
+        per_rank[owner[blk.key]] += blk.preconditioner_bytes
+    stats = sum(blk.statistics_bytes for blk in blocks)
+    return ShampooMemory((m, n), block_size, len(blocks), stats, stats, per_rank)
 
 
 def shampoo_factor_costs(m: int, n: int, *, dtype: str = "float32", block_size: int | None = None
@@ -146,7 +153,7 @@ def shampoo_factor_costs(m: int, n: int, *, dtype: str = "float32", block_size: 
     over the grid ``L`` totals ``(#column blocks) * sum(bm^2)`` and ``R``
     ``(#row blocks) * sum(bn^2)``; together they are :func:`shampoo_memory`'s
     ``factor_bytes``. Unblocked, ``L`` of a 32000-row matrix in float32 is
-    ``32000^2 * 4 = 4.096e9`` bytes (facts.md row 6). Inverting means an
+    ``32000^2 * 4 = 4.096e9`` bytes. Inverting means an
     eigendecomposition (``EIGH_FLOPS d^3``, on statistics only); applying a
     root to a block's ``(bm, bn)`` matrix costs ``2 bm^2 bn`` (``L``) or
     ``2 bm bn^2`` (``R``) FLOPs.

@@ -12,19 +12,19 @@ distinct spec. ``run`` stops cleanly when the loss stops being finite or grows
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from natgrad.tasks import digits, quadratic
+from natgrad.tasks.base import ObjectiveTask, Task
 
 DIVERGENCE_FACTOR = 1e3
-OPTIMIZERS = ("kfac", "shampoo", "adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -72,84 +72,101 @@ class Trajectory:
         return next((t for t, v in zip(self.seconds, self.loss, strict=True) if v <= target), None)
 
 
-@dataclass(frozen=True)
-class Task:
-    model: nn.Module
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    likelihood: str  # "gaussian" | "softmax" | "none" (the model returns its loss; no K-FAC)
+# ----------------------------------------------------------------------------- tasks
+TaskBuilder = Callable[..., Task | ObjectiveTask]  # (seed, device, dtype, **options) -> task
+
+TASKS: dict[str, TaskBuilder] = {
+    "digits-autoencoder": digits.autoencoder_task,
+    "digits-classifier": digits.classifier_task,
+    "kron-quadratic": quadratic.kron_quadratic_task,
+}
 
 
 def make_task(name: str, seed: int, device: torch.device, dtype: torch.dtype,
-              options: dict[str, Any] | None = None) -> Task:
-    """Model, data and loss of task ``name`` (see TASKS).
-
-    ``options`` go to the task's constructor; only ``kron-quadratic`` takes any
-    (``m``, ``n``, ``cond_left``, ``cond_right``: :func:`natgrad.tasks.quadratic.kron_quadratic`).
-    Its model returns the loss itself and ignores the (1, 1) dummy input.
-    """
+              options: dict[str, Any] | None = None) -> Task | ObjectiveTask:
+    """The task registered as ``name`` in :data:`TASKS`, built with ``options``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    builder = TASKS[name]
     options = options or {}
-    if name == "kron-quadratic":
-        model = quadratic.kron_quadratic(seed=seed, dtype=dtype, device=device, **options)
-        dummy = torch.zeros(1, 1, dtype=dtype, device=device)
-        return Task(model, dummy, dummy, quadratic.quadratic_loss, "none")
-    if options:
-        raise ValueError(f"task {name!r} takes no options, got {sorted(options)}")
-    X, y = digits.load_digits_tensors(dtype=dtype, device=device)
-    if name == "digits-autoencoder":
-        model = digits.digits_autoencoder(seed=seed).to(device=device, dtype=dtype)
-        return Task(model, X, X, digits.autoencoder_loss, "gaussian")
-    if name == "digits-classifier":
-        model = digits.digits_classifier(seed=seed).to(device=device, dtype=dtype)
-        return Task(model, X, y, nn.functional.cross_entropy, "softmax")
-    raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")
+    params = inspect.signature(builder).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in options if k in ("seed", "device", "dtype") or not (open_ended or k in params))
+    if unknown:
+        raise ValueError(f"task {name!r} takes no options {unknown}")
+    return builder(seed=seed, device=device, dtype=dtype, **options)
 
 
-TASKS = ("digits-autoencoder", "digits-classifier", "kron-quadratic")
+# ------------------------------------------------------------------------ optimizers
+class Stepper(Protocol):
+    """What :func:`run` trains with: one update per call, and what to record."""
+
+    def step(self, x: torch.Tensor | None, y: torch.Tensor | None) -> float:
+        """One update on the batch ``(x, y)``; returns the loss before it."""
+
+    def stats(self) -> dict[str, float | None]:
+        """Scalars to record after the update (may be empty)."""
 
 
-def make_optimizer(spec: Spec, task: Task):
-    """Build the optimizer named in ``spec``; returns ``(opt, step_fn)``.
+@dataclass
+class TorchStepper:
+    """A ``torch.optim.Optimizer`` driven by an ordinary loop: zero, loss, backward, step."""
 
-    ``step_fn(x, y) -> float`` performs one update and returns the loss before it.
-    """
-    o = spec.options
-    params = list(task.model.parameters())
-    if spec.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=o.get("lr", 1e-3), betas=(o.get("beta1", 0.9), o.get("beta2", 0.999)),
-                               eps=o.get("eps", 1e-8))
-    elif spec.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=o.get("lr", 0.1), momentum=o.get("momentum", 0.9))
-    elif spec.optimizer == "shampoo":
-        from natgrad.optim import Shampoo
+    optimizer: torch.optim.Optimizer
+    task: Task | ObjectiveTask
 
-        opt = Shampoo(task.model.named_parameters(), **o)
-    elif spec.optimizer == "kfac":
-        from natgrad.optim import KFAC
-
-        opt = KFAC(task.model, likelihood=task.likelihood, **o)
-
-        def kfac_step(x, y):
-            return float(opt.step(x, y))
-
-        return opt, kfac_step
-    else:
-        raise ValueError(f"unknown optimizer {spec.optimizer!r}; choose one of {OPTIMIZERS}")
-
-    def torch_step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = task.loss_fn(task.model(x), y)
+    def step(self, x, y) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss(x, y)
         loss.backward()
-        opt.step()
+        self.optimizer.step()
         return float(loss.detach())
 
-    return opt, torch_step
+    def stats(self) -> dict[str, float | None]:
+        stats = getattr(self.optimizer, "stats", None)
+        return stats() if callable(stats) else {}
 
 
-def _stats(opt) -> dict[str, float | None]:
-    stats = getattr(opt, "stats", None)
-    return stats() if callable(stats) else {}
+def _adam(task, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0) -> Stepper:
+    return TorchStepper(torch.optim.Adam(task.model.parameters(), lr=lr, betas=(beta1, beta2), eps=eps,
+                                         weight_decay=weight_decay), task)
+
+
+def _sgd(task, lr=0.1, momentum=0.9, weight_decay=0.0) -> Stepper:
+    return TorchStepper(torch.optim.SGD(task.model.parameters(), lr=lr, momentum=momentum,
+                                        weight_decay=weight_decay), task)
+
+
+def _shampoo(task, **hparams) -> Stepper:
+    from natgrad.optim import Shampoo
+
+    return TorchStepper(Shampoo(task.model.named_parameters(), **hparams), task)
+
+
+def _kfac(task, **hparams) -> Stepper:
+    from natgrad.optim import KFAC
+
+    if task.likelihood is None:
+        raise ValueError("K-FAC needs a model with a likelihood (a network whose output is a prediction); "
+                         "this task's model returns its own objective")
+    return KFAC(task.model, likelihood=task.likelihood, **hparams)
+
+
+OptimizerBuilder = Callable[..., Stepper]  # (task, **hparams) -> Stepper
+
+OPTIMIZERS: dict[str, OptimizerBuilder] = {
+    "adam": _adam,
+    "sgd": _sgd,
+    "kfac": _kfac,
+    "shampoo": _shampoo,
+}
+
+
+def make_stepper(name: str, task: Task | ObjectiveTask, hparams: dict[str, Any]) -> Stepper:
+    """The optimizer registered as ``name`` in :data:`OPTIMIZERS` for ``task``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](task, **hparams)
 
 
 def run(
@@ -176,26 +193,21 @@ def run(
         traj.status, traj.message = "error", f"Could not build the task {spec.task!r}: {exc}"
         return traj
     try:
-        opt, step_fn = make_optimizer(spec, task)
+        stepper = make_stepper(spec.optimizer, task, spec.options)
     except (TypeError, ValueError) as exc:
         traj.status, traj.message = "error", f"Could not build {spec.optimizer}: {exc}"
         return traj
     gen = torch.Generator(device="cpu").manual_seed(spec.seed)
-    n = task.inputs.shape[0]
     every = max(1, spec.steps // 50)
     elapsed = 0.0
     first = None
     for t in range(spec.steps):
-        if spec.batch_size is None or spec.batch_size >= n:
-            x, y = task.inputs, task.targets
-        else:
-            idx = torch.randint(0, n, (spec.batch_size,), generator=gen).to(device)
-            x, y = task.inputs[idx], task.targets[idx]
+        x, y = task.batch(spec.batch_size, gen)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         try:
-            loss = step_fn(x, y)
+            loss = stepper.step(x, y)
         except (RuntimeError, torch.linalg.LinAlgError) as exc:
             traj.status = "error"
             traj.message = f"Step {t} failed: {exc}. Try a smaller learning rate or more damping."
@@ -207,7 +219,7 @@ def run(
         traj.step.append(t)
         traj.loss.append(loss)
         traj.seconds.append(elapsed)
-        for k, v in _stats(opt).items():
+        for k, v in stepper.stats().items():
             traj.extras.setdefault(k, [None] * (len(traj.step) - 1)).append(v)
         if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first, 1e-12):
             traj.status = "diverged"

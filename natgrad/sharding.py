@@ -34,19 +34,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from natgrad.bench.shampoo import SHAMPOO_BASE
 from natgrad.distributed import launch
-from natgrad.optim.distributed_shampoo import DistributedShampoo
-from natgrad.optim.shampoo import Shampoo
+from natgrad.optim.shampoo.distributed import DistributedShampoo
+from natgrad.optim.shampoo.optimizer import Shampoo
+from natgrad.presets import SHAMPOO_BASE, SHAMPOO_LR
 from natgrad.tasks.digits import AUTOENCODER_WIDTHS, autoencoder_loss, digits_autoencoder, load_digits_tensors
 
-DATA_SIZE = 1788  # = 12 * 149: equal shards on 1, 2, 3 or 4 ranks
-MAX_RANKS = 4
-DEFAULT_LR = 3e-3  # with the benchmark's Shampoo settings (natgrad.bench.shampoo.SHAMPOO_BASE: Adam grafting)
+DATA_SIZE = 1788  # = 12 * 149: equal shards on 1, 2, 3 or 4 ranks (and 6, 12)
+MAX_RANKS = 4  # ranks run_sharded spawns on this machine at most
 MODELS: dict[str, tuple[str, tuple[int, ...]]] = {
     "autoencoder": ("digits autoencoder 64-128-64-32-8-32-64-128-64", AUTOENCODER_WIDTHS),
     "wide": ("wide autoencoder 64-256-256-64", (64, 256, 256, 64)),
+    "wide-mlp": ("wide MLP 64-256-256-256-64", (64, 256, 256, 256, 64)),
 }
 FAULTS = ("none", "raise", "hang")
 COLLECTIVE_TIMEOUT_S = 30.0  # how long a rank waits for its peers (also when they start up)
@@ -60,21 +61,24 @@ class ShardingConfig:
 
     world_size: int = 2
     model: str = "autoencoder"  # a key of MODELS
-    steps: int = 20
+    steps: int = 20  # timed steps
     max_preconditioner_dim: int = 64  # cuts 128- and 256-wide dimensions into blocks
-    hparams: tuple[tuple[str, Any], ...] = tuple(sorted((SHAMPOO_BASE | {"lr": DEFAULT_LR}).items()))
+    hparams: tuple[tuple[str, Any], ...] = tuple(sorted((SHAMPOO_BASE | {"lr": SHAMPOO_LR}).items()))
     seed: int = 0
+    warmup: int = 0  # untimed steps before the timed ones
+    device: str = "cpu"  # each rank's device ("cuda": the rank's own GPU under NCCL)
     fault: str = "none"  # "raise" | "hang": rank fault_rank fails / stops answering at fault_step
     fault_rank: int = 1
     fault_step: int = 3
+    widths: tuple[int, ...] = ()  # layer widths of a digits autoencoder other than MODELS[model]
 
     def __post_init__(self):
-        if not 1 <= self.world_size <= MAX_RANKS:
-            raise ValueError(f"world_size must be 1 to {MAX_RANKS}, got {self.world_size}")
+        if self.world_size < 1:
+            raise ValueError(f"world_size must be at least 1, got {self.world_size}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
-        if self.steps < 1 or self.max_preconditioner_dim < 1:
-            raise ValueError("steps and max_preconditioner_dim must be positive")
+        if self.steps < 1 or self.warmup < 0 or self.max_preconditioner_dim < 1:
+            raise ValueError("steps and max_preconditioner_dim must be positive, warmup >= 0")
         if self.fault not in FAULTS:
             raise ValueError(f"fault must be one of {FAULTS}, got {self.fault!r}")
 
@@ -82,27 +86,49 @@ class ShardingConfig:
         return dict(self.hparams) | {"max_preconditioner_dim": self.max_preconditioner_dim}
 
     def make_model(self) -> torch.nn.Sequential:
-        return digits_autoencoder(seed=self.seed, widths=MODELS[self.model][1])
+        return digits_autoencoder(seed=self.seed, widths=self.layer_widths)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        return self.widths or MODELS[self.model][1]
 
 
-def _data() -> torch.Tensor:
-    return load_digits_tensors()[0][:DATA_SIZE]  # (DATA_SIZE, 64)
+def _data(device: torch.device | str = "cpu") -> torch.Tensor:
+    return load_digits_tensors(device=device)[0][:DATA_SIZE]  # (DATA_SIZE, 64)
 
 
-def rank_worker(rank: int, world_size: int, cfg: ShardingConfig, progress_queue=None) -> dict:
-    """One rank of :func:`run_sharded` (module level so spawn can pickle it by name).
+def _rank_device(cfg: ShardingConfig) -> torch.device:
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(cfg.device)
 
-    Returns ``rank_report()`` of :class:`DistributedShampoo` plus ``params``
-    (the trained parameters), ``seconds`` (wall time of the training loop),
-    ``shard_loss`` (last loss on this rank's shard) and ``steps``.
+
+def train_rank(rank: int, world_size: int, cfg: ShardingConfig, progress_queue=None) -> dict:
+    """The data-parallel DistributedShampoo loop, run by every rank (module level so
+    spawn can pickle it by name; also what ``torchrun`` runs through
+    :mod:`natgrad.examples.shampoo_torchrun` and what the benchmark times).
+
+    Rank ``r`` trains on digits ``r, r + W, ...`` of the first :data:`DATA_SIZE` with
+    averaged gradients, ``cfg.warmup`` untimed steps, then ``cfg.steps`` timed ones.
+    Returns ``rank_report()`` of :class:`DistributedShampoo` plus ``params`` (the
+    trained parameters), ``seconds`` (wall time of the timed steps),
+    ``seconds_per_step``, ``root_seconds_per_step``, ``comm_seconds_per_step`` (over
+    the timed steps), ``shard_loss`` (last loss on this rank's shard) and ``steps``.
     """
-    X = _data()[rank::world_size]  # (DATA_SIZE / W, 64)
-    model = cfg.make_model()
+    device = _rank_device(cfg)
+    X = _data(device)[rank::world_size]  # (DATA_SIZE / W, 64)
+    model = cfg.make_model().to(device)
     opt = DistributedShampoo(model.named_parameters(), average_gradients=True, **cfg.shampoo_kwargs())
     if progress_queue is not None:
         progress_queue.put((rank, 0))
+    loss = torch.tensor(float("nan"))
+    root0 = comm0 = 0.0
     t0 = time.perf_counter()
-    for t in range(cfg.steps):
+    for t in range(cfg.warmup + cfg.steps):
+        if t == cfg.warmup:
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            root0, comm0, t0 = opt.root_seconds, opt.comm_seconds, time.perf_counter()
         if cfg.fault != "none" and rank == cfg.fault_rank and t == cfg.fault_step:
             if cfg.fault == "raise":
                 raise RuntimeError(f"injected failure on rank {rank} at step {t}")
@@ -111,20 +137,26 @@ def rank_worker(rank: int, world_size: int, cfg: ShardingConfig, progress_queue=
         loss = autoencoder_loss(model(X), X)
         loss.backward()
         opt.step()
-        if progress_queue is not None and ((t + 1) % _PROGRESS_EVERY == 0 or t + 1 == cfg.steps):
+        if progress_queue is not None and ((t + 1) % _PROGRESS_EVERY == 0 or t + 1 == cfg.warmup + cfg.steps):
             progress_queue.put((rank, t + 1))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
     report = opt.rank_report()
-    report.update(params=[p.detach().clone() for p in model.parameters()], seconds=time.perf_counter() - t0,
-                  shard_loss=float(loss.detach()), steps=cfg.steps)
+    report.update(params=[p.detach().cpu().clone() for p in model.parameters()], seconds=seconds,
+                  seconds_per_step=seconds / cfg.steps, root_seconds_per_step=(opt.root_seconds - root0) / cfg.steps,
+                  comm_seconds_per_step=(opt.comm_seconds - comm0) / cfg.steps, shard_loss=float(loss.detach()),
+                  steps=cfg.warmup + cfg.steps)
     return report
 
 
 def single_process(cfg: ShardingConfig) -> tuple[torch.nn.Sequential, Shampoo]:
-    """The reference: :class:`Shampoo` on the full :data:`DATA_SIZE` batch, same seed and settings."""
+    """The reference: :class:`Shampoo` on the full :data:`DATA_SIZE` batch, same seed,
+    settings and number of steps (warm-up included), on the CPU."""
     X = _data()
     model = cfg.make_model()
     opt = Shampoo(model.named_parameters(), **cfg.shampoo_kwargs())
-    for _ in range(cfg.steps):
+    for _ in range(cfg.warmup + cfg.steps):
         opt.zero_grad()
         autoencoder_loss(model(X), X).backward()
         opt.step()
@@ -146,6 +178,11 @@ class ShardingResult:
     def per_rank_bytes(self) -> list[int]:
         return [r["preconditioner_bytes"] for r in self.reports]
 
+    @property
+    def balance(self) -> float:
+        """Largest per-rank preconditioner bytes over an even share, total / W (1 is perfect)."""
+        return max(self.per_rank_bytes) / (self.reference_bytes / self.config.world_size)
+
 
 def _full_loss(model: torch.nn.Module, params: list[torch.Tensor] | None = None) -> float:
     X = _data()
@@ -158,8 +195,8 @@ def _full_loss(model: torch.nn.Module, params: list[torch.Tensor] | None = None)
 
 def run_sharded(cfg: ShardingConfig, progress: Callable[[float, str], None] | None = None,
                 timeout_s: float = 180.0, collective_timeout_s: float | None = None) -> ShardingResult:
-    """Launch ``cfg.world_size`` gloo ranks running :func:`rank_worker`, then train the
-    single-process reference and compare.
+    """Launch ``cfg.world_size`` (at most :data:`MAX_RANKS`) gloo ranks running
+    :func:`train_rank`, then train the single-process reference and compare.
 
     ``progress(fraction, text)`` is called from the calling thread while the
     ranks start and train (launching runs in a helper thread). Raises
@@ -171,12 +208,15 @@ def run_sharded(cfg: ShardingConfig, progress: Callable[[float, str], None] | No
     if collective_timeout_s is None:
         collective_timeout_s = HANG_TIMEOUT_S if cfg.fault == "hang" else COLLECTIVE_TIMEOUT_S
     W = cfg.world_size
+    if W > MAX_RANKS:
+        raise ValueError(f"this machine runs at most {MAX_RANKS} ranks, got {W}")
+    total_steps = cfg.warmup + cfg.steps
     progress_queue = mp.get_context("spawn").Queue()
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["results"] = launch(rank_worker, W, args=(cfg, progress_queue), timeout_s=timeout_s,
+            box["results"] = launch(train_rank, W, args=(cfg, progress_queue), timeout_s=timeout_s,
                                     collective_timeout_s=collective_timeout_s)
         except BaseException as exc:  # handed to the calling thread
             box["error"] = exc
@@ -198,9 +238,9 @@ def run_sharded(cfg: ShardingConfig, progress: Callable[[float, str], None] | No
             done[rank], changed = steps, True
         if changed and progress is not None:
             started = sum(d is not None for d in done)
-            trained = sum(d or 0 for d in done) / (W * cfg.steps)
+            trained = sum(d or 0 for d in done) / (W * total_steps)
             text = (f"{started} of {W} ranks ready ..." if started < W else
-                    f"Training: step {min(done)}/{cfg.steps} on the slowest rank")
+                    f"Training: step {min(done)}/{total_steps} on the slowest rank")
             progress(0.1 + 0.8 * trained, text)
     progress_queue.close()
     if "error" in box:

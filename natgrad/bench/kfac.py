@@ -1,4 +1,4 @@
-"""K-FAC against tuned Adam on the digits autoencoder (issue 3's protocol).
+"""K-FAC against tuned Adam on the digits autoencoder.
 
 1. Adam with at least 8 learning rates from 1e-4 to 3e-2, each run for the
    longest horizon (5000 steps; 1000 with ``--quick``).
@@ -7,7 +7,7 @@
 3. K-FAC on a small grid of initial damping values, full batch, true Fisher,
    pi-damping, Levenberg-Marquardt damping every 5 steps, step size and
    momentum from the exact-Fisher quadratic model (Martens & Grosse 2015, s.7)
-   with its curvature terms on 512 random examples per step (``KFAC_BASE``).
+   with its curvature terms on 512 random examples per step (:data:`natgrad.presets.KFAC_BASE`).
 4. Steps and seconds to each target for tuned K-FAC and tuned Adam, their
    ratios, time per step, and the loss after 3000 steps (``--quick``: 600).
 """
@@ -32,21 +32,11 @@ from natgrad.bench.protocol import (
     targets_vs_adam,
     to_jsonable,
 )
+from natgrad.presets import KFAC_BASE
 
-__all__ = ["KFAC_BASE", "benchmark", "load", "protocol", "report", "save"]
+__all__ = ["benchmark", "load", "protocol", "report", "save"]
 
 TASK = "digits-autoencoder"
-# Found on this task (250-300-step probes): the step count to a given loss hardly moves with the
-# initial damping (1e-3..1e-1), factor_decay (0..0.95), the inverse interval (1..5) or factor
-# updates every 2 steps; momentum through the quadratic model matters most (without it the
-# 5000-step Adam loss is not reached in 300 steps). The step's cost is dominated by matrix
-# products over the 1797 examples, so the quadratic model's curvature terms use a random 512
-# of them per step (its gradient terms use all), and factors are refreshed every 2 steps:
-# 33 -> 21 ms per step for about 3% more steps.
-KFAC_BASE = dict(fisher_type="true", pi_damping=True, adaptive_damping=True, damping_adaptation_interval=5,
-                 step_size_rule="quadratic", momentum=0.9, factor_decay=0.5, factor_update_steps=2,
-                 inverse_update_steps=5, curvature_examples=512)
-
 
 def protocol(quick: bool) -> dict:
     if quick:

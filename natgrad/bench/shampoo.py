@@ -1,10 +1,10 @@
-"""Shampoo against tuned Adam on the digits autoencoder (issue 4's performance section).
+"""Shampoo against tuned Adam on the digits autoencoder.
 
 1. Adam with 8 learning rates from 1e-4 to 3e-2 (``--quick``: 4 from 1e-3),
    each run for the longest horizon (5000 steps; ``--quick``: 1000), full batch.
 2. Targets: the losses tuned Adam reaches after 500, 2000 and 5000 steps
    (``--quick``: 100, 400, 1000), tuned per horizon (best learning rate there).
-3. Shampoo as the issue's prototype (summed factors, epsilon 1e-4 x the largest
+3. Shampoo in two families (natgrad.presets.SHAMPOO_CONFIGS: summed factors, epsilon 1e-4 x the largest
    eigenvalue, roots every 10 steps, Adam grafting) on a small learning-rate
    grid, each run for the longest horizon; steps and seconds to each target for
    tuned Shampoo and tuned Adam, their ratios, and the loss after 3000 steps
@@ -22,9 +22,7 @@
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -45,24 +43,19 @@ from natgrad.bench.protocol import (
     targets_vs_adam,
     to_jsonable,
 )
+from natgrad.bench.timing import side_by_side
+from natgrad.presets import SHAMPOO_BASE, SHAMPOO_CONFIGS, SHAMPOO_LR
+from natgrad.sharding import MODELS, ShardingConfig, run_sharded
+from natgrad.tasks.base import Task
 from natgrad.tasks.digits import AUTOENCODER_WIDTHS, autoencoder_loss, digits_autoencoder, load_digits_tensors
 
-__all__ = ["benchmark", "report", "save", "load", "time_per_step", "sharded", "sharded_worker"]
+__all__ = ["benchmark", "report", "save", "load", "time_per_step", "sharded"]
 
 TASK = "digits-autoencoder"
-SHAMPOO_BASE = dict(statistics="sum", epsilon=1e-4, epsilon_mode="relative", precondition_frequency=10,
-                    grafting="adam")
-# The grid's two families. "prototype": the issue's prototype (SHAMPOO_BASE, -1/4 per factor).
-# "half-power": -1/2 per factor (Morwani et al. 2025), EMA statistics and a shorter-memory Adam
-# graft (beta2 0.99 for both); on 2000-3000-step probes it reached tuned Adam's 5000-step loss in
-# about 1240-1340 steps where the prototype needed about 2470 (Adam with beta2 0.99 instead of
-# 0.999 does not gain: 0.169 after 2500 steps).
-SHAMPOO_CONFIGS = {
-    "prototype": dict(SHAMPOO_BASE, exponent_override=4),
-    "half-power": dict(SHAMPOO_BASE, statistics="ema", beta2=0.99, graft_beta2=0.99, exponent_override=2),
-}
+# On 2000-3000-step probes the "half-power" family (natgrad.presets.SHAMPOO_CONFIGS) reached tuned
+# Adam's 5000-step loss in about 1240-1340 steps where the prototype needed about 2470 (Adam with
+# beta2 0.99 instead of 0.999 does not gain: 0.169 after 2500 steps).
 CONFIG_KEYS = ("exponent_override", "statistics")  # what tells the two families apart in the report
-WIDE_MLP = (64, 256, 256, 256, 64)
 SHARDED_BLOCK = 64  # max_preconditioner_dim in the sharded run: the 128-wide layers become 64-wide blocks
 GOALS = dict(step_ratio=3.0, time_ratio=2.5, adam_per_step=2.0, memory_balance=1.25)
 
@@ -71,11 +64,11 @@ def protocol(quick: bool) -> dict:
     p = adam_protocol(quick)
     if quick:
         p.update(shampoo_lrs={"prototype": [7e-3], "half-power": [7e-3]}, timing_blocks=10, sharded_steps=40,
-                 sharded_models={"digits autoencoder": list(AUTOENCODER_WIDTHS)})
+                 sharded_models=["autoencoder"])
     else:
         p.update(shampoo_lrs={"prototype": [3e-3, 4.5e-3, 7e-3, 1e-2], "half-power": [5e-3, 7e-3, 1e-2]},
                  timing_blocks=20, sharded_steps=200,
-                 sharded_models={"digits autoencoder": list(AUTOENCODER_WIDTHS), "wide MLP": list(WIDE_MLP)})
+                 sharded_models=["autoencoder", "wide-mlp"])
     p.update(shampoo_steps=max(p["horizons"]), shampoo_configs=SHAMPOO_CONFIGS, world_sizes=[1, 2, 3],
              sharded_max_preconditioner_dim=SHARDED_BLOCK)
     return p
@@ -96,11 +89,10 @@ def benchmark(quick: bool = False, device: str = "cpu", log: Callable[[str], Non
     timing = time_per_step(blocks=p["timing_blocks"], lr=compare["shampoo_lr"], device=device)
     log(_timing_line(timing))
     sharded_runs = []
-    for label, widths in p["sharded_models"].items():
+    for model in p["sharded_models"]:
         for w in p["world_sizes"]:
-            log(f"sharded: {label}, W = {w}, {p['sharded_steps']} steps")
-            sharded_runs.append(dict(model=label, **sharded(w, widths=widths, steps=p["sharded_steps"],
-                                                             max_preconditioner_dim=SHARDED_BLOCK)))
+            log(f"sharded: {MODELS[model][0]}, W = {w}, {p['sharded_steps']} steps")
+            sharded_runs.append(dict(model=MODELS[model][0], **sharded(w, model=model, steps=p["sharded_steps"])))
     result = dict(
         quick=quick, device=device, machine=machine(), protocol=p, targets=targets, compare=compare,
         adam_seconds_per_step=adam_sps, shampoo_seconds_per_step=shampoo_sps,
@@ -168,61 +160,27 @@ def optimizers_for_timing(lr: float, their_lr: float = 1e-3) -> dict[str, Callab
 
 
 def time_per_step(blocks: int = 20, block: int = 10, warmup_blocks: int = 2, lr: float = 3e-3,
-                  their_lr: float = 1e-3, widths: Sequence[int] = AUTOENCODER_WIDTHS, device: str = "cpu", threads: int = 1) -> dict:
+                  their_lr: float = 1e-3, widths: tuple[int, ...] = AUTOENCODER_WIDTHS, device: str = "cpu",
+                  threads: int = 1) -> dict:
     """Median seconds per training iteration (forward, backward, step; full batch)
-    of each optimizer in :func:`optimizers_for_timing`, each on its own copy of
-    the same model.
+    of each optimizer in :func:`optimizers_for_timing`, side by side
+    (:func:`natgrad.bench.timing.side_by_side`) on a digits autoencoder of ``widths``.
 
-    After ``warmup_blocks`` untimed blocks each, the optimizers take turns
-    running ``block`` consecutive iterations (the rotation changes each round,
-    so slow spells of a shared machine hit all of them), ``blocks`` times; a
-    block's time / ``block`` is one sample. With ``block`` a multiple of the
-    root frequency every sample holds the same number of root computations.
-
-    Returns ``seconds_per_step`` and ``mean_seconds_per_step`` ({name: s}),
-    ``step_seconds`` ({name: median seconds per iteration inside ``opt.step()``}),
-    ``final_loss`` ({name: loss}), ``theirs`` (version or "not installed"),
-    ``ours_vs_adam``, ``ours_vs_theirs`` and ``same_work_vs_theirs`` (ratios of
-    medians; the last two None without theirs).
+    Returns :func:`~natgrad.bench.timing.side_by_side`'s numbers plus ``theirs``
+    (version or "not installed"), ``lr``, ``their_lr``, ``ours_vs_adam``,
+    ``ours_vs_theirs`` and ``same_work_vs_theirs`` (ratios of medians; the last
+    two None without theirs).
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        dev = torch.device(device)
-        X, _ = load_digits_tensors(device=dev)
-        runs = {}
-        for name, make in optimizers_for_timing(lr, their_lr).items():
-            model = digits_autoencoder(seed=0, widths=widths).to(dev)
-            runs[name] = (model, make(model))
+    X, _ = load_digits_tensors(device=device)
 
-        def iterate(model, opt, n: int) -> tuple[float, float]:
-            loss, in_step = float("nan"), 0.0
-            for _ in range(n):
-                loss, s = _iteration(model, opt, X)
-                in_step += s
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            return loss, in_step
+    def make_task() -> Task:
+        return Task(digits_autoencoder(seed=0, widths=widths).to(device), X, X, autoencoder_loss, "gaussian")
 
-        for model, opt in runs.values():
-            iterate(model, opt, warmup_blocks * block)
-        names = list(runs)
-        samples: dict[str, list[float]] = {n: [] for n in names}
-        in_step: dict[str, list[float]] = {n: [] for n in names}
-        losses = {}
-        for b in range(blocks):
-            for name in names[b % len(names):] + names[:b % len(names)]:
-                t0 = time.perf_counter()
-                losses[name], s = iterate(*runs[name], block)
-                samples[name].append((time.perf_counter() - t0) / block)
-                in_step[name].append(s / block)
-    finally:
-        torch.set_num_threads(previous)
-    med = {n: statistics.median(s) for n, s in samples.items()}
+    t = side_by_side(optimizers_for_timing(lr, their_lr), make_task, blocks=blocks, block=block,
+                     warmup_blocks=warmup_blocks, threads=threads)
+    med = t["seconds_per_step"]
     theirs = med.get("pytorch-optimizer Shampoo")
-    return dict(seconds_per_step=med, mean_seconds_per_step={n: statistics.fmean(s) for n, s in samples.items()},
-                step_seconds={n: statistics.median(s) for n, s in in_step.items()}, final_loss=losses, theirs=_their_shampoo()[1], blocks=blocks, block=block, lr=lr, their_lr=their_lr,
-                threads=threads,
+    return dict(t, theirs=_their_shampoo()[1], lr=lr, their_lr=their_lr,
                 ours_vs_adam=med["natgrad Shampoo"] / med["Adam"],
                 ours_vs_theirs=None if theirs is None else med["natgrad Shampoo"] / theirs,
                 same_work_vs_theirs=None if theirs is None else med[SAME_WORK] / theirs)
@@ -235,67 +193,11 @@ def _timing_line(t: dict) -> str:
 
 
 # ------------------------------------------------------------------ sharded run
-def _iteration(model, opt, X) -> tuple[float, float]:
-    """One full-batch training iteration; returns the loss and the host seconds in ``opt.step()``."""
-    opt.zero_grad(set_to_none=True)
-    loss = autoencoder_loss(model(X), X)
-    loss.backward()
-    t0 = time.perf_counter()
-    opt.step()
-    return float(loss.detach()), time.perf_counter() - t0
-
-
-def sharded_worker(rank: int, world_size: int, widths: Sequence[int], steps: int, warmup: int, options: dict) -> dict:
-    """One rank of the sharded run (top level so that spawn can pickle it): rank
-    ``r`` trains on digits ``r, r + W, ...`` with averaged gradients; returns its
-    ``rank_report`` numbers, the time per step after ``warmup`` steps, and its parameters."""
-    import torch.distributed as dist
-
-    from natgrad.optim.distributed_shampoo import DistributedShampoo
-
-    X = load_digits_tensors()[0][rank::world_size]  # (about 1797 / W, 64)
-    model = digits_autoencoder(seed=0, widths=widths)
-    opt = DistributedShampoo(model.named_parameters(), average_gradients=True, **options)
-    for _ in range(warmup):
-        _iteration(model, opt, X)
-    root0, comm0 = opt.root_seconds, opt.comm_seconds
-    if dist.is_initialized():
-        dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        _iteration(model, opt, X)
-    seconds = time.perf_counter() - t0
-    rep = opt.rank_report()
-    return dict(rank=rank, blocks=len(rep["blocks"]), statistics_bytes=rep["statistics_bytes"],
-                root_bytes=rep["root_bytes"], seconds_per_step=seconds / steps,
-                root_seconds_per_step=(rep["root_seconds"] - root0) / steps,
-                comm_seconds_per_step=(rep["comm_seconds"] - comm0) / steps,
-                params=[p.detach().clone() for p in model.parameters()])
-
-
-def _reference(world_size: int, widths: Sequence[int], steps: int, options: dict):
-    """Single-process Shampoo fed the gradient the ranks average: (g_0 + ... + g_{W-1}) / W."""
-    from natgrad.optim import Shampoo
-
-    X = load_digits_tensors()[0]
-    model = digits_autoencoder(seed=0, widths=widths)
-    opt = Shampoo(model.named_parameters(), **options)
-    params = list(model.parameters())
-    for _ in range(steps):
-        total = None
-        for r in range(world_size):
-            model.zero_grad(set_to_none=True)
-            autoencoder_loss(model(X[r::world_size]), X[r::world_size]).backward()
-            total = [p.grad.clone() for p in params] if total is None else [t + p.grad for t, p in zip(total, params, strict=True)]
-        for p, t in zip(params, total, strict=True):
-            p.grad = t if world_size == 1 else t / world_size
-        opt.step()
-    return [p.detach() for p in params], opt.preconditioner_bytes()
-
-
-def sharded(world_size: int, widths: Sequence[int] = AUTOENCODER_WIDTHS, steps: int = 200, warmup: int = 20,
-            max_preconditioner_dim: int = SHARDED_BLOCK, lr: float = 3e-3, timeout_s: float = 180.0) -> dict:
-    """DistributedShampoo on ``world_size`` gloo ranks against single-process Shampoo.
+def sharded(world_size: int, model: str = "autoencoder", steps: int = 200, warmup: int = 20,
+            max_preconditioner_dim: int = SHARDED_BLOCK, lr: float = SHAMPOO_LR, timeout_s: float = 180.0,
+            widths: tuple[int, ...] = ()) -> dict:
+    """DistributedShampoo on ``world_size`` gloo ranks (:func:`natgrad.sharding.run_sharded`)
+    against single-process Shampoo on the same full batch.
 
     Returns ``world_size``, ``widths``, ``ranks`` (per rank: ``blocks``,
     ``statistics_bytes``, ``root_bytes``, ``preconditioner_bytes``, seconds per
@@ -304,29 +206,22 @@ def sharded(world_size: int, widths: Sequence[int] = AUTOENCODER_WIDTHS, steps: 
     (slowest rank) and ``max_abs_diff`` (largest parameter difference from the
     reference, over all ranks).
     """
-    from natgrad.distributed import launch
-
-    options = dict(SHAMPOO_BASE, lr=lr, max_preconditioner_dim=max_preconditioner_dim)
-    outs = launch(sharded_worker, world_size, args=(tuple(widths), steps, warmup, options), timeout_s=timeout_s)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref, total = _reference(world_size, widths, warmup + steps, options)
-    finally:
-        torch.set_num_threads(previous)
-    diff = max(float((p - q).abs().max()) for o in outs for p, q in zip(o.pop("params"), ref, strict=True))
-    for o in outs:
-        o["preconditioner_bytes"] = o["statistics_bytes"] + o["root_bytes"]
-    per_rank = [o["preconditioner_bytes"] for o in outs]
-    return dict(world_size=world_size, widths=list(widths), steps=steps, max_preconditioner_dim=max_preconditioner_dim,
-                cpus=os.cpu_count(),
-                ranks=outs, total_bytes=total, balance=max(per_rank) / (total / world_size),
-                seconds_per_step=max(o["seconds_per_step"] for o in outs), max_abs_diff=diff)
+    hparams = tuple(sorted((SHAMPOO_BASE | {"lr": lr}).items()))
+    cfg = ShardingConfig(world_size=world_size, model=model, steps=steps, warmup=warmup,
+                         max_preconditioner_dim=max_preconditioner_dim, hparams=hparams, widths=tuple(widths))
+    res = run_sharded(cfg, timeout_s=timeout_s)
+    ranks = [dict(rank=r["rank"], blocks=len(r["blocks"]),
+                  **{k: r[k] for k in ("statistics_bytes", "root_bytes", "preconditioner_bytes", "seconds_per_step",
+                                       "root_seconds_per_step", "comm_seconds_per_step")}) for r in res.reports]
+    return dict(world_size=world_size, widths=list(cfg.layer_widths), steps=steps,
+                max_preconditioner_dim=max_preconditioner_dim, cpus=os.cpu_count(), ranks=ranks,
+                total_bytes=res.reference_bytes, balance=res.balance,
+                seconds_per_step=max(r["seconds_per_step"] for r in ranks), max_abs_diff=res.max_abs_diff)
 
 
 # ----------------------------------------------------------------------- report
 def goals(r: dict) -> list[dict]:
-    """The issue's targets, each with what was measured and whether it was met."""
+    """The benchmark's goals, each with what was measured and whether it was met."""
     hard = r["targets"][-1]
     t = r["timing"]
     out = [
@@ -378,8 +273,8 @@ def report(r: dict) -> str:
               f"{t['blocks']} interleaved blocks of {t['block']} iterations, lr {t['lr']:g} (pytorch-optimizer: {t['their_lr']:g}), {t['threads']} thread(s)"]
     adam = t["seconds_per_step"]["Adam"]
     for name, s in t["seconds_per_step"].items():
-        lines.append(f"  {name:30s} {1e3 * s:7.2f} ms  ({s / adam:.2f}x Adam), in step() {1e3 * t['step_seconds'][name]:.2f}"
-                     f" ms, last loss {fmt(t['final_loss'][name], '.4g')}")
+        lines.append(f"  {name:30s} {1e3 * s:7.2f} ms  ({s / adam:.2f}x Adam), last loss "
+                     f"{fmt(t['final_loss'][name], '.4g')}")
     if "pytorch-optimizer Shampoo" not in t["seconds_per_step"]:
         lines.append(f"  {'pytorch-optimizer Shampoo':30s} {t['theirs']}")
     else:
@@ -399,6 +294,5 @@ def report(r: dict) -> str:
                          f"{1e3 * max(o['comm_seconds_per_step'] for o in s['ranks']):8.2f} {s['max_abs_diff']:9.2g}")
     lines += ["", "Goals:"]
     for g in r.get("goals", []):
-        verdict = "n/a" if g["met"] is None else ("met" if g["met"] else "MISSED")
-        lines.append(f"  [{verdict:6s}] {g['goal']}: {_x(g['value'])}")
+        lines.append(f"  {g['goal']}: measured {_x(g['value'])}")
     return "\n".join(lines)

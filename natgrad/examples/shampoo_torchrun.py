@@ -18,35 +18,25 @@ spread over the ranks.
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
 import torch.distributed as dist
 
 from natgrad.distributed import init_from_env, launch
-from natgrad.optim.distributed_shampoo import DistributedShampoo
-from natgrad.tasks.digits import autoencoder_loss, digits_autoencoder, load_digits_tensors
+from natgrad.presets import SHAMPOO_BASE
+from natgrad.sharding import ShardingConfig, train_rank
 
 
-def train(rank: int, world_size: int, steps: int = 50, lr: float = 3e-3, max_preconditioner_dim: int = 64,
-          precondition_frequency: int = 10) -> dict:
-    """Train for ``steps`` steps on this rank's shard; return the rank report plus losses."""
-    device = torch.device(f"cuda:{torch.cuda.current_device()}") if dist.is_initialized() and \
-        dist.get_backend() == "nccl" else torch.device("cpu")
-    X, _ = load_digits_tensors(device=device)
-    X = X[rank::world_size]  # (about 1797 / W, 64)
-    model = digits_autoencoder(seed=0).to(device)
-    opt = DistributedShampoo(model.named_parameters(), lr=lr, average_gradients=True,
-                             max_preconditioner_dim=max_preconditioner_dim,
-                             precondition_frequency=precondition_frequency)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = autoencoder_loss(model(X), X)
-        loss.backward()
-        opt.step()
-    report = opt.rank_report()
-    report.update(final_shard_loss=loss.item(), seconds=time.perf_counter() - t0, steps=steps)
+def config(steps: int = 50, lr: float = 3e-3, max_preconditioner_dim: int = 64, precondition_frequency: int = 10,
+           device: str = "cpu") -> ShardingConfig:
+    hparams = SHAMPOO_BASE | {"lr": lr, "precondition_frequency": precondition_frequency}
+    return ShardingConfig(world_size=1, steps=steps, max_preconditioner_dim=max_preconditioner_dim,
+                          hparams=tuple(sorted(hparams.items())), device=device)
+
+
+def train(rank: int, world_size: int, cfg: ShardingConfig) -> dict:
+    """This rank's part of the run (:func:`natgrad.sharding.train_rank`), without the parameters."""
+    report = train_rank(rank, world_size, cfg)
+    report.pop("params")
     return report
 
 
@@ -55,7 +45,7 @@ def format_report(r: dict) -> str:
     return (f"rank {r['rank']}/{r['world_size']}: {len(r['blocks'])} blocks, statistics {r['statistics_bytes']} B, "
             f"roots {r['root_bytes']} B, root time {r['root_seconds']:.3f} s, communication "
             f"{r['comm_seconds']:.3f} s, {r['steps']} steps in {r['seconds']:.2f} s, shard loss "
-            f"{r['final_shard_loss']:.4f}\n    blocks: {names}")
+            f"{r['shard_loss']:.4f}\n    blocks: {names}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,15 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world-size", type=int, default=2, help="ranks to spawn when not under torchrun")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a hung run is ended")
     a = parser.parse_args(argv)
-    args = (a.steps, a.lr, a.max_preconditioner_dim, a.precondition_frequency)
+    cfg = config(a.steps, a.lr, a.max_preconditioner_dim, a.precondition_frequency)
     rank, world_size = init_from_env(timeout_s=a.timeout)
     if world_size > 1:  # under torchrun: this process is one rank
         try:
-            print(format_report(train(rank, world_size, *args)), flush=True)
+            print(format_report(train(rank, world_size, cfg)), flush=True)
         finally:
             dist.destroy_process_group()
         return
-    for report in launch(train, a.world_size, args, timeout_s=a.timeout):
+    for report in launch(train, a.world_size, (cfg,), timeout_s=a.timeout):
         print(format_report(report))
 
 

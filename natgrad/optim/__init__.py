@@ -1,24 +1,24 @@
-"""Optimizers.
+"""Optimizers, one place per algorithm.
 
-* ``KFAC`` owns its model (``step(inputs, targets)``); the Levenberg-Marquardt damping
-  rule is a small pure function so labs and tests can use it on its own.
-* ``Shampoo`` is a ``torch.optim.Optimizer`` (``step()`` after ``backward()``);
-  ``DistributedShampoo`` is the same update with its preconditioner blocks sharded
-  over ``torch.distributed`` ranks.
-* ``safe_eigh`` / ``matrix_inverse_root``: the eigendecompositions both use, with a
-  float64 retry and keeping the previous result when that fails too.
+* :mod:`natgrad.optim.kfac` - ``KFAC``: a ``torch.optim.Optimizer`` that also owns its
+  model (``step(inputs, targets)`` for the labs); the Levenberg-Marquardt damping rule
+  is a small pure function so labs and tests can use it on its own.
+* :mod:`natgrad.optim.shampoo` - ``Shampoo`` (``step()`` after ``backward()``) and
+  ``DistributedShampoo``, the same update with its preconditioner blocks sharded over
+  ``torch.distributed`` ranks.
+* :mod:`natgrad.optim.linalg` - what they share: ``safe_eigh`` / ``robust_eigh`` /
+  ``matrix_inverse_root`` (float64 retry, previous result kept) and the ``EventLog``.
 """
 
-from natgrad.optim.damping import LevenbergMarquardt, levenberg_marquardt, lm_omega
-from natgrad.optim.distributed_shampoo import DistributedShampoo
-from natgrad.optim.kfac import KFAC
-from natgrad.optim.kfac_quadratic import ggn_vp
-from natgrad.optim.linalg import RootComputationError, matrix_inverse_root, safe_eigh
-from natgrad.optim.shampoo import Shampoo
+from natgrad.optim.kfac import KFAC, LevenbergMarquardt, ggn_vp, levenberg_marquardt, lm_omega
+from natgrad.optim.linalg import Event, EventLog, RootComputationError, matrix_inverse_root, robust_eigh, safe_eigh
+from natgrad.optim.shampoo import DistributedShampoo, Shampoo
 
 __all__ = [
     "KFAC",
     "DistributedShampoo",
+    "Event",
+    "EventLog",
     "LevenbergMarquardt",
     "RootComputationError",
     "Shampoo",
@@ -26,5 +26,6 @@ __all__ = [
     "levenberg_marquardt",
     "lm_omega",
     "matrix_inverse_root",
+    "robust_eigh",
     "safe_eigh",
 ]

@@ -1,22 +1,88 @@
-"""Robust symmetric eigendecomposition and inverse matrix roots for Shampoo.
+"""Numerics shared by every optimizer: robust symmetric eigendecompositions,
+inverse matrix roots, and one record of what went wrong.
 
 Shampoo (Gupta, Koren & Singer 2018, arXiv 1802.09568) preconditions with
-inverse p-th roots of positive semi-definite statistics. In float32 the
-eigensolver occasionally fails to converge or returns NaNs on badly scaled
-matrices; production implementations retry in float64 and otherwise keep the
-previous root (Shi et al. 2023, arXiv 2309.06497). This module does exactly
-that and reports what happened as a short event string instead of failing
-silently.
+inverse p-th roots of positive semi-definite statistics; K-FAC (Martens &
+Grosse 2015, arXiv 1503.05671) with damped inverses of its Kronecker factors.
+In float32 the eigensolver occasionally fails to converge or returns NaNs on
+badly scaled matrices; production implementations retry in float64 and
+otherwise keep the previous result (Shi et al. 2023, arXiv 2309.06497). This
+module does exactly that and reports what happened as an :class:`Event` in an
+:class:`EventLog` instead of failing silently.
 
 Usage::
 
     root, event = matrix_inverse_root(S, p=4, eps=1e-12)   # S^(-1/4), regularised
     w, U, event = safe_eigh(S, previous=(w_old, U_old))
+    r = robust_eigh(A)                                      # EighResult(evals, evecs, status, message)
+    log = EventLog(); log.record(step, "eigh_failed", "layer1:A", "...")
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
 import torch
+
+MAX_EVENTS = 1000
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing an optimizer noticed: a retried or failed decomposition, a skipped step, ...
+
+    ``kind`` is a short machine-readable name (``"eigh_fp64_retry"``, ``"eigh_failed"``,
+    ``"nonfinite_grad"``, ...), ``where`` the layer, block or factor it concerns (None:
+    the whole step), ``message`` the explanation in words.
+    """
+
+    step: int
+    kind: str
+    where: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"step {self.step}" + (f", {self.where}" if self.where else "") + f": {self.message}"
+
+
+class EventLog:
+    """The newest :data:`MAX_EVENTS` events and a count per kind (counts never drop)."""
+
+    def __init__(self, limit: int = MAX_EVENTS) -> None:
+        self.limit = limit
+        self.events: list[Event] = []
+        self.counts: dict[str, int] = {}
+
+    def record(self, step: int, kind: str, where: str | None = None, message: str = "") -> Event:
+        event = Event(int(step), kind, where, message)
+        self.events.append(event)
+        del self.events[:-self.limit]
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        return event
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    def __iter__(self):
+        return iter(self.events)
+
+    def __getitem__(self, i):
+        return self.events[i]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"events": [asdict(e) for e in self.events], "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.events = [Event(**e) for e in state["events"]]
+        self.counts = dict(state["counts"])
+
+
+class EighResult(NamedTuple):
+    evals: torch.Tensor | None  # (d,), clamped at 0
+    evecs: torch.Tensor | None  # (d, d), columns are eigenvectors
+    status: str  # "ok" | "fp64_retry" | "failed"
+    message: str
 
 EPSILON_MODES = ("absolute", "relative")
 
@@ -163,3 +229,13 @@ def retried(event: str | None) -> bool:
 def failed(event: str | None) -> bool:
     """Whether an event from this module means the previous result was kept."""
     return event is not None and event.endswith("previous kept")
+
+
+def robust_eigh(M: torch.Tensor) -> EighResult:
+    """:func:`safe_eigh` (float64 retry) with eigenvalues clamped at 0 and failure
+    reported as a status rather than an exception."""
+    try:
+        w, U, event = safe_eigh(M)
+    except RootComputationError as exc:
+        return EighResult(None, None, "failed", str(exc))
+    return EighResult(w.clamp_min(0), U, "ok" if event is None else "fp64_retry", event or "")

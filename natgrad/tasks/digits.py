@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from natgrad.tasks.base import Task
+
 AUTOENCODER_WIDTHS = (64, 128, 64, 32, 8, 32, 64, 128, 64)
 CLASSIFIER_WIDTHS = (64, 32, 10)
 
@@ -102,3 +104,18 @@ def autoencoder_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     :math:`\mathbb{E}_b[J_b^\top J_b]` (unit-variance Gaussian likelihood).
     """
     return 0.5 * ((out - target) ** 2).sum(1).mean()
+
+
+def autoencoder_task(seed: int = 0, device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float32) -> Task:
+    """The digits autoencoder on all 1797 digits (target = input), Gaussian likelihood."""
+    X, _ = load_digits_tensors(dtype=dtype, device=device)
+    return Task(digits_autoencoder(seed=seed).to(device=device, dtype=dtype), X, X, autoencoder_loss, "gaussian")
+
+
+def classifier_task(seed: int = 0, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32) -> Task:
+    """The digits classifier MLP on all 1797 digits, cross-entropy (softmax likelihood)."""
+    X, y = load_digits_tensors(dtype=dtype, device=device)
+    return Task(digits_classifier(seed=seed).to(device=device, dtype=dtype), X, y, nn.functional.cross_entropy,
+                "softmax")

@@ -39,6 +39,8 @@ import math
 import torch
 from torch import nn
 
+from natgrad.tasks.base import ObjectiveTask
+
 
 class KroneckerQuadratic(nn.Module):
     r""":math:`f(W) = \frac12 \operatorname{tr}((W - W^\star)^\top A (W - W^\star) B)` (module docstring).
@@ -106,6 +108,7 @@ def kron_quadratic(m: int = 16, n: int = 16, cond_left: float = 100.0, cond_righ
     return KroneckerQuadratic(left, right, w_star).to(device)
 
 
-def quadratic_loss(loss: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
-    """The loss function of a training loop whose 'model' already returns the loss."""
-    return loss
+def kron_quadratic_task(seed: int = 0, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                        **options) -> ObjectiveTask:
+    """:func:`kron_quadratic` as a task; ``options``: ``m``, ``n``, ``cond_left``, ``cond_right``."""
+    return ObjectiveTask(kron_quadratic(seed=seed, dtype=dtype, device=device, **options))

@@ -14,7 +14,7 @@ from natgrad.sharding import ShardingConfig
 from natgrad.tasks.digits import autoencoder_loss, digits_autoencoder, load_digits_tensors
 from natgrad.tasks.quadratic import kron_quadratic
 from tests.app.helpers import open_page, run_lab, start
-from tests.natgrad.test_distributed_sharding import expected_bytes
+from tests.natgrad.test_sharding import expected_bytes
 from views.labs import sharding as sharding_lab
 
 

@@ -59,7 +59,7 @@ def test_question_kinds_are_all_used(lessons):
 
 
 def test_factor_memory_is_computed_not_typed(lessons):
-    """facts.md row 6: a 32000 x 32000 fp32 factor is 4.1 GB, not 1 GB."""
+    """A 32000 x 32000 fp32 factor is 32000^2 * 4 bytes = 4.1 GB, not 1 GB."""
     shampoo = next(x for x in lessons if x.slug == "shampoo")
     numeric = [q for q in shampoo.questions if q.kind == "numeric" and "32000" in q.prompt]
     assert numeric, "the shampoo lesson asks for the memory of a 32000x32000 factor"

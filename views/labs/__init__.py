@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from course.lessons import Lab
-from views.labs import kfac, shampoo, sharding
+from views.labs import damping, kfac, shampoo, sharding
 
 LABS: dict[str, Callable[[Lab], None]] = {
     "fisher-blocks": kfac.fisher_blocks,
     "kfac-training": kfac.kfac_training,
     "kfac-cost": kfac.kfac_cost,
-    "damping-lab": kfac.damping_lab,
+    "damping-lab": damping.damping_lab,
     "why-quarter": shampoo.why_quarter,
     "shampoo-vs-kfac": shampoo.shampoo_vs_kfac,
     "shampoo-memory": shampoo.shampoo_memory,

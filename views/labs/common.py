@@ -31,6 +31,35 @@ def device() -> str:
     return pick_device().type
 
 
+HINT = "Choose settings and press **{submit}**. Runs are cached: the same settings come back at once."
+
+
+def settings_form(key: str, draw: Callable[[], dict], submit: str = "Train",
+                  validate: Callable[[dict], str | None] | None = None,
+                  hint: str = HINT) -> tuple[dict | None, bool]:
+    """A lab's settings form, remembered for the session.
+
+    ``draw()`` lays out the form's widgets and returns their values as a dict. On
+    submission the values are checked with ``validate`` (a message in words, or None
+    when fine) and remembered under ``key``. Returns ``(settings, submitted)``:
+    the last accepted settings of this session (None, with ``hint`` shown, before the
+    first submission) and whether this rerun submitted them.
+    """
+    with st.form(key):
+        values = draw()
+        submitted = st.form_submit_button(submit, type="primary")
+    if submitted:
+        problem = validate(values) if validate is not None else None
+        if problem:
+            st.warning(problem, icon=":material/warning:")
+            return None, False
+        st.session_state[f"{key}-last"] = values
+    settings = st.session_state.get(f"{key}-last")
+    if settings is None:
+        st.info(hint.format(submit=submit))
+    return settings, submitted
+
+
 def cached(key: Hashable, compute: Callable[[], T]) -> T:
     """``compute()`` once per distinct ``key`` (shared by all sessions, newest
     ``_MAX_CACHED`` kept). An exception is not cached: the next call tries again."""

@@ -1,4 +1,4 @@
-"""Labs of the K-FAC and damping lessons: Fisher blocks, training, cost, damping."""
+"""Labs of the K-FAC lesson: Fisher blocks, training, cost (the damping lesson reuses the training lab)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from course.lessons import Lab
 from natgrad import costs
 from natgrad.bench import kfac as kfac_bench
 from natgrad.experiments import Spec
+from natgrad.presets import KFAC_BASE
 from natgrad.snapshots import fisher_snapshot
 from natgrad.viz import cost_figure, fisher_figure, traces_figure
-from views.labs.common import bench_results, device, run_cached, show_runs
+from views.labs.common import bench_results, device, run_cached, settings_form, show_runs
 
 LOG_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
@@ -43,41 +44,38 @@ def fisher_blocks(lab: Lab) -> None:
     )
 
 
-def _settings_form(key: str, with_baselines: bool) -> dict | None:
-    with st.form(key):
+def _settings(key: str, with_baselines: bool) -> dict | None:
+    def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        steps = c1.select_slider("steps", [50, 100, 200, 400, 800], value=200, key=f"{key}-steps")
-        damping = c1.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key=f"{key}-damp")
-        adaptive = c1.toggle("adaptive damping (Levenberg-Marquardt, every 5 steps)", value=True, key=f"{key}-lm")
-        rule = c2.radio("K-FAC step size", ["quadratic", "fixed", "kl_clip"], key=f"{key}-rule",
-                        format_func={"quadratic": "quadratic model (M&G §7)", "fixed": "fixed learning rate",
-                                     "kl_clip": "fixed, with KL clipping"}.get)
-        kfac_lr = c2.select_slider("K-FAC learning rate (fixed rules)", LOG_CHOICES, value=1e-1, key=f"{key}-klr")
-        inv = c2.select_slider("inverse update interval", [1, 2, 5, 10, 20, 50], value=5, key=f"{key}-inv")
-        adam_lr = sgd_lr = None
+        out = dict(
+            steps=c1.select_slider("steps", [50, 100, 200, 400, 800], value=200, key=f"{key}-steps"),
+            damping=c1.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key=f"{key}-damp"),
+            adaptive=c1.toggle("adaptive damping (Levenberg-Marquardt, every 5 steps)", value=True, key=f"{key}-lm"),
+            rule=c2.radio("K-FAC step size", ["quadratic", "fixed", "kl_clip"], key=f"{key}-rule",
+                          format_func={"quadratic": "quadratic model (M&G §7)", "fixed": "fixed learning rate",
+                                       "kl_clip": "fixed, with KL clipping"}.get),
+            kfac_lr=c2.select_slider("K-FAC learning rate (fixed rules)", LOG_CHOICES, value=1e-1, key=f"{key}-klr"),
+            inv=c2.select_slider("inverse update interval", [1, 2, 5, 10, 20, 50], value=5, key=f"{key}-inv"),
+            adam_lr=None, sgd_lr=None)
         if with_baselines:
-            adam_lr = c3.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key=f"{key}-alr")
-            sgd_lr = c3.select_slider("SGD+momentum learning rate (momentum 0.9)", LOG_CHOICES, value=1e-2,
-                                      key=f"{key}-slr")
-        if not st.form_submit_button("Train", type="primary"):
-            return st.session_state.get(f"{key}-last")
-    settings = dict(steps=steps, damping=damping, adaptive=adaptive, rule=rule, kfac_lr=kfac_lr, inv=inv,
-                    adam_lr=adam_lr, sgd_lr=sgd_lr)
-    st.session_state[f"{key}-last"] = settings
-    return settings
+            out["adam_lr"] = c3.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key=f"{key}-alr")
+            out["sgd_lr"] = c3.select_slider("SGD+momentum learning rate (momentum 0.9)", LOG_CHOICES, value=1e-2,
+                                             key=f"{key}-slr")
+        return out
+
+    return settings_form(key, draw)[0]
 
 
 def _kfac_spec(s: dict) -> Spec:
     # the benchmark's settings, with the learner's choices on top
-    hp = dict(kfac_bench.KFAC_BASE, damping=s["damping"], adaptive_damping=s["adaptive"], step_size_rule=s["rule"],
+    hp = dict(KFAC_BASE, damping=s["damping"], adaptive_damping=s["adaptive"], step_size_rule=s["rule"],
               lr=s["kfac_lr"], inverse_update_steps=s["inv"], momentum=0.9 if s["rule"] == "quadratic" else 0.0)
     return Spec.make(hp, optimizer="kfac", steps=s["steps"], device=device())
 
 
-def _training(key: str, with_baselines: bool) -> None:
-    settings = _settings_form(key, with_baselines)
+def training(key: str, with_baselines: bool) -> None:
+    settings = _settings(key, with_baselines)
     if settings is None:
-        st.info("Choose settings and press **Train**. Runs are cached: the same settings come back at once.")
         return
     runs = {"K-FAC": _kfac_spec(settings)}
     if with_baselines:
@@ -99,16 +97,8 @@ def kfac_training(lab: Lab) -> None:
         "The digits autoencoder (64-128-64-32-8-32-64-128-64, tanh; the scaled-down version of the deep "
         "autoencoders Martens & Grosse used), full batch, trained by our K-FAC, Adam and SGD with momentum."
     )
-    _training("kt", with_baselines=True)
+    training("kt", with_baselines=True)
     bench_results("kfac", "K-FAC vs tuned Adam", kfac_bench.report)
-
-
-def damping_lab(lab: Lab) -> None:
-    st.markdown(
-        "K-FAC alone on the digits autoencoder. Try a tiny fixed damping with a fixed learning rate, then switch "
-        "on the Levenberg-Marquardt rule and watch λ follow ρ."
-    )
-    _training("dl", with_baselines=False)
 
 
 def kfac_cost(lab: Lab) -> None:

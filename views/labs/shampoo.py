@@ -10,12 +10,11 @@ from course.lessons import Lab
 from natgrad import costs
 from natgrad.bench import kfac as kfac_bench
 from natgrad.bench import shampoo as shampoo_bench
-from natgrad.bench.kfac import KFAC_BASE
-from natgrad.bench.shampoo import SHAMPOO_BASE
 from natgrad.experiments import Spec, Trajectory
+from natgrad.presets import KFAC_BASE, SHAMPOO_BASE
 from natgrad.tasks.quadratic import kron_quadratic
 from natgrad.viz import cost_figure, loss_figure, rank_bars_figure
-from views.labs.common import bench_results, device, report_status, run_cached, show_runs
+from views.labs.common import bench_results, device, report_status, run_cached, settings_form, show_runs
 from views.labs.kfac import LOG_CHOICES
 
 EXPONENTS = [8, 6, 5, 4, 3, 2.5, 2]  # p: every Kronecker factor gets X^(-1/p)
@@ -38,21 +37,19 @@ def _exponent_option(p: float) -> str:
 
 
 # ----------------------------------------------------------------- why -1/4
-def _quarter_form() -> dict | None:
-    with st.form("wq"):
+def _quarter_settings() -> dict | None:
+    def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        p = c1.select_slider("per-factor exponent (each factor gets X to this power)", EXPONENTS, value=8,
-                             format_func=_exponent_option, key="wq-p")
-        steps = c1.select_slider("steps", STEP_CHOICES, value=200, key="wq-steps")
-        skew = c2.select_slider("skew of the quadratic: condition number κ of each factor A, B", SKEWS, value=100,
-                                key="wq-skew")
-        lr_digits = c3.select_slider("learning rate, digits autoencoder", LOG_CHOICES, value=3e-3, key="wq-lrd")
-        lr_quad = c3.select_slider("learning rate, quadratic", LOG_CHOICES, value=3e-1, key="wq-lrq")
-        if not st.form_submit_button("Train", type="primary"):
-            return st.session_state.get("wq-last")
-    settings = dict(p=p, steps=steps, skew=skew, lr_digits=lr_digits, lr_quad=lr_quad)
-    st.session_state["wq-last"] = settings
-    return settings
+        return dict(
+            p=c1.select_slider("per-factor exponent (each factor gets X to this power)", EXPONENTS, value=8,
+                               format_func=_exponent_option, key="wq-p"),
+            steps=c1.select_slider("steps", STEP_CHOICES, value=200, key="wq-steps"),
+            skew=c2.select_slider("skew of the quadratic: condition number κ of each factor A, B", SKEWS, value=100,
+                                  key="wq-skew"),
+            lr_digits=c3.select_slider("learning rate, digits autoencoder", LOG_CHOICES, value=3e-3, key="wq-lrd"),
+            lr_quad=c3.select_slider("learning rate, quadratic", LOG_CHOICES, value=3e-1, key="wq-lrq"))
+
+    return settings_form("wq", draw)[0]
 
 
 def _exponent_runs(s: dict, task: str, lr: float, task_options: dict | None = None) -> dict[str, Trajectory]:
@@ -80,9 +77,8 @@ def why_quarter(lab: Lab) -> None:
         "$L\\otimes R$ approximates $H$ up to a scalar. Every Shampoo run below grafts Adam's step length "
         "layer by layer, so the lines differ only in the direction each exponent chooses."
     )
-    s = _quarter_form()
+    s = _quarter_settings()
     if s is None:
-        st.info("Choose settings and press **Train**. Runs are cached: the same settings come back at once.")
         return
     quad_options = {"m": QUADRATIC_SIZE, "n": QUADRATIC_SIZE, "cond_left": float(s["skew"]),
                     "cond_right": float(s["skew"])}
@@ -110,18 +106,15 @@ def why_quarter(lab: Lab) -> None:
 
 
 # ------------------------------------------------------- Shampoo vs K-FAC
-def _versus_form() -> dict | None:
-    with st.form("sk"):
+def _versus_settings() -> dict | None:
+    def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        steps = c1.select_slider("steps", STEP_CHOICES, value=200, key="sk-steps")
-        shampoo_lr = c2.select_slider("Shampoo learning rate", LOG_CHOICES, value=3e-3, key="sk-slr")
-        adam_lr = c2.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key="sk-alr")
-        damping = c3.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key="sk-damp")
-        if not st.form_submit_button("Train", type="primary"):
-            return st.session_state.get("sk-last")
-    settings = dict(steps=steps, shampoo_lr=shampoo_lr, adam_lr=adam_lr, damping=damping)
-    st.session_state["sk-last"] = settings
-    return settings
+        return dict(steps=c1.select_slider("steps", STEP_CHOICES, value=200, key="sk-steps"),
+                    shampoo_lr=c2.select_slider("Shampoo learning rate", LOG_CHOICES, value=3e-3, key="sk-slr"),
+                    adam_lr=c2.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key="sk-alr"),
+                    damping=c3.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key="sk-damp"))
+
+    return settings_form("sk", draw)[0]
 
 
 def shampoo_vs_kfac(lab: Lab) -> None:
@@ -135,9 +128,8 @@ def shampoo_vs_kfac(lab: Lab) -> None:
     )
     bench_results("shampoo", "Shampoo vs tuned Adam, step time vs pytorch-optimizer, sharded runs", shampoo_bench.report)
     bench_results("kfac", "K-FAC vs tuned Adam", kfac_bench.report)
-    s = _versus_form()
+    s = _versus_settings()
     if s is None:
-        st.info("Choose settings and press **Train**. Runs are cached: the same settings come back at once.")
         return
     specs = {
         "Shampoo": Spec.make(SHAMPOO_BASE | {"lr": s["shampoo_lr"]}, optimizer="shampoo", steps=s["steps"],

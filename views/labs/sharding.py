@@ -19,31 +19,33 @@ from natgrad.sharding import (
     run_sharded,
 )
 from natgrad.viz import rank_bars_figure
-from views.labs.common import cached
+from views.labs.common import cached, settings_form
 
 FAULT_NAMES = {"none": "no, train normally", "raise": "make it raise an error", "hang": "make it hang"}
 
 
 def _form() -> tuple[ShardingConfig | None, bool]:
-    with st.form("sh"):
+    def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        ranks = c1.select_slider("ranks (processes)", list(range(1, MAX_RANKS + 1)), value=2, key="sh-ranks")
-        model = c1.radio("model", list(MODELS), format_func=lambda k: MODELS[k][0], key="sh-model")
-        steps = c2.select_slider("steps", [10, 20, 50, 100], value=20, key="sh-steps")
-        block = c2.select_slider("block size (max_preconditioner_dim)", [16, 32, 64, 128, 256], value=64,
-                                 key="sh-block")
-        fault = c3.radio("break a rank on purpose?", FAULTS, format_func=FAULT_NAMES.get, key="sh-fault")
-        fault_rank = c3.select_slider("rank to break (at step 3)", list(range(MAX_RANKS)), value=1, key="sh-frank")
-        submitted = st.form_submit_button("Launch the ranks and train", type="primary")
-    if submitted:
-        if fault != "none" and fault_rank >= ranks:
-            st.warning(f"There is no rank {fault_rank} among {ranks} ranks (they are numbered from 0). "
-                       "Pick a rank that exists, or fewer to break.")
-            return None, False
-        cfg = ShardingConfig(world_size=ranks, model=model, steps=steps, max_preconditioner_dim=block,
-                             fault=fault, fault_rank=fault_rank)
-        st.session_state["sh-last"] = cfg
-    return st.session_state.get("sh-last"), submitted
+        return dict(
+            world_size=c1.select_slider("ranks (processes)", list(range(1, MAX_RANKS + 1)), value=2, key="sh-ranks"),
+            model=c1.radio("model", ["autoencoder", "wide"], format_func=lambda k: MODELS[k][0], key="sh-model"),
+            steps=c2.select_slider("steps", [10, 20, 50, 100], value=20, key="sh-steps"),
+            max_preconditioner_dim=c2.select_slider("block size (max_preconditioner_dim)", [16, 32, 64, 128, 256],
+                                                    value=64, key="sh-block"),
+            fault=c3.radio("break a rank on purpose?", FAULTS, format_func=FAULT_NAMES.get, key="sh-fault"),
+            fault_rank=c3.select_slider("rank to break (at step 3)", list(range(MAX_RANKS)), value=1, key="sh-frank"))
+
+    def validate(v: dict) -> str | None:
+        if v["fault"] != "none" and v["fault_rank"] >= v["world_size"]:
+            return (f"There is no rank {v['fault_rank']} among {v['world_size']} ranks (they are numbered from 0). "
+                    "Pick a rank that exists, or fewer to break.")
+        return None
+
+    hint = ("Choose settings and press the button. Starting the processes takes a few seconds; results are "
+            "cached per setting.")
+    values, submitted = settings_form("sh", draw, "Launch the ranks and train", validate, hint)
+    return (None if values is None else ShardingConfig(**values)), submitted
 
 
 def _launch(cfg: ShardingConfig) -> ShardingResult:
@@ -68,8 +70,6 @@ def sharding(lab: Lab) -> None:
     )
     cfg, submitted = _form()
     if cfg is None:
-        st.info("Choose settings and press the button. Starting the processes takes a few seconds; results are "
-                "cached per setting.")
         return
     failed = st.session_state.get("sh-failed")
     if not submitted and failed is not None and failed[0] == cfg:

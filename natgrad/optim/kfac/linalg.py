@@ -21,7 +21,7 @@ With :math:`A = Q_A \operatorname{diag}(a) Q_A^\top` and
   eigendecompositions exist, so the damping may change every step while the
   eigendecompositions are refreshed only every few steps.
 
-:func:`robust_eigh`: the shared :func:`natgrad.optim.linalg.safe_eigh` (``torch.linalg.eigh``,
+:func:`natgrad.optim.linalg.robust_eigh`: :func:`natgrad.optim.linalg.safe_eigh` (``torch.linalg.eigh``,
 retried in float64 on an exception or non-finite output; MPS is done on the CPU);
 if both fail it reports failure and the caller keeps its previous decomposition.
 
@@ -32,28 +32,7 @@ Shi et al. 2023, arXiv 2309.06497 (fp64 retry and keeping the previous root).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
-
-from natgrad.optim.linalg import RootComputationError, safe_eigh
-
-
-class EighResult(NamedTuple):
-    evals: torch.Tensor | None  # (d,), clamped at 0
-    evecs: torch.Tensor | None  # (d, d), columns are eigenvectors
-    status: str  # "ok" | "fp64_retry" | "failed"
-    message: str
-
-
-def robust_eigh(M: torch.Tensor) -> EighResult:
-    """:func:`natgrad.optim.linalg.safe_eigh` (float64 retry) with eigenvalues clamped at 0
-    and failure reported as a status rather than an exception."""
-    try:
-        w, U, event = safe_eigh(M)
-    except RootComputationError as exc:
-        return EighResult(None, None, "failed", str(exc))
-    return EighResult(w.clamp_min(0), U, "ok" if event is None else "fp64_retry", event or "")
 
 
 def diagonal_fallback(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from natgrad.optim.kfac import KFAC
+    from natgrad.optim.kfac.optimizer import KFAC
 
-VERSION = 1
+VERSION = 2
 
 
 def _c(x: torch.Tensor, **to) -> torch.Tensor:
@@ -37,8 +37,7 @@ def kfac_state_dict(opt: KFAC) -> dict[str, Any]:
         eigen={n: ((_c(a), _c(Qa)), (_c(e), _c(Qg))) for n, ((a, Qa), (e, Qg)) in opt._eig.items()},
         prev_update={n: _c(d) for n, d in opt._prev.items()},
         generator=opt.generator.get_state().clone(),
-        events=copy.deepcopy(opt.events),
-        event_counts=dict(opt.event_counts),
+        events=opt.events.state_dict(),
         last=dict(loss=opt.last_loss, rho=opt.last_rho, alpha=opt.last_alpha, mu=opt.last_mu, nu=opt.last_nu,
                   step_norm=opt.last_step_norm),
         fallback=None if opt.fallback is None else copy.deepcopy(opt.fallback.state_dict()),
@@ -57,8 +56,7 @@ def load_kfac_state(opt: KFAC, state: dict[str, Any]) -> None:
     opt._eig = {n: ((_c(a, **to[n]), _c(Qa, **to[n])), (_c(e, **to[n]), _c(Qg, **to[n])))
                 for n, ((a, Qa), (e, Qg)) in state["eigen"].items()}
     opt._prev = {n: _c(d, **to[n]) for n, d in state["prev_update"].items()}
-    opt.events = copy.deepcopy(state["events"])
-    opt.event_counts = dict(state["event_counts"])
+    opt.events.load_state_dict(state["events"])
     try:
         opt.generator.set_state(state["generator"].cpu())
     except RuntimeError as exc:  # e.g. a CPU generator's state loaded into a CUDA generator

@@ -18,7 +18,7 @@ from torch import nn
 
 from natgrad.curvature import exact_fisher, kfac_block, kfac_factors, layer_slices
 from natgrad.optim import KFAC, LevenbergMarquardt, ggn_vp, levenberg_marquardt, lm_omega
-from natgrad.optim.kfac_quadratic import ggn_inner, output_jvps
+from natgrad.optim.kfac.quadratic import ggn_inner, output_jvps
 from tests.natgrad.models import mlp
 
 DT = torch.float64
@@ -457,7 +457,7 @@ def test_eigh_failure_once_in_fp32_is_retried_in_fp64(monkeypatch):
     opt = KFAC(model, likelihood="softmax", fisher_type="exact")
     opt.step(X, y)
     assert opt.event_counts == {"eigh_fp64_retry": 1}
-    assert opt.events[0]["layer"] == "0:A" and "simulated" in opt.events[0]["message"]
+    assert opt.events[0].where == "0:A" and "simulated" in opt.events[0].message
     ea = opt.eigenvalues()["0"][0]
     assert ea.dtype == torch.float32
     torch.testing.assert_close(ea, ref.eigenvalues()["0"][0], rtol=1e-4, atol=1e-6)
@@ -483,7 +483,7 @@ def test_eigh_failure_always_keeps_previous_inverse(monkeypatch):
         for old, new in zip(before[n], (*ea, *eg), strict=True):
             assert torch.equal(old, new)
     assert opt.event_counts == {"eigh_failed": 3 * 2 * 2}  # 3 steps x 2 layers x (A, G)
-    assert all("kept the previous" in e["message"] and "float64 retry" in e["message"] for e in opt.events)
+    assert all("kept the previous" in e.message and "float64 retry" in e.message for e in opt.events)
     assert opt.stats()["events"] == 12
 
 
@@ -599,7 +599,7 @@ def test_kfac_beats_sgd_on_the_digits_autoencoder():
 
 def _captured_calls(model, X):
     """Forward once with hooks: the K-FAC layers' (input, output, apply) calls and the output."""
-    from natgrad.optim.kfac_layers import find_layers
+    from natgrad.optim.kfac.layers import find_layers
 
     layers, _ = find_layers(model)
     calls, mods = [], []
@@ -620,7 +620,7 @@ def _captured_calls(model, X):
 
 @pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU, nn.Sigmoid])
 def test_fast_and_graph_jvps_equal_torch_func_jvp(act):
-    from natgrad.optim.kfac_quadratic import graph_jvps, sequential_jvps
+    from natgrad.optim.kfac.quadratic import graph_jvps, sequential_jvps
 
     model = _mlp((4, 6, 5, 3), act=act)
     X, _ = _data(9, 4, 3, "gaussian")
@@ -639,7 +639,7 @@ def test_fast_and_graph_jvps_equal_torch_func_jvp(act):
 
 
 def test_fast_jvps_decline_models_they_do_not_understand():
-    from natgrad.optim.kfac_quadratic import sequential_jvps
+    from natgrad.optim.kfac.quadratic import sequential_jvps
 
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Dropout(0.0), nn.Linear(5, 3)).to(DT)
     X, _ = _data(3, 4, 3, "gaussian")

@@ -14,6 +14,7 @@ from natgrad.bench import shampoo as bench
 from natgrad.bench.__main__ import main
 from natgrad.bench.protocol import GridResult
 from natgrad.experiments import Spec, Trajectory
+from tests.conftest import ROOT
 
 SMALL = (64, 16, 64)
 
@@ -67,8 +68,7 @@ def _synthetic(theirs: bool = True) -> dict:
                     step_ratio=(h - 1) / ((h - 1) // 4), time_ratio=3.5) for h in p["horizons"]]
     names = ["Adam", "natgrad Shampoo"] + (["pytorch-optimizer Shampoo", bench.SAME_WORK] if theirs else [])
     sps = dict(zip(names, [7e-3, 8.5e-3, 9e-3, 8e-3], strict=False))
-    timing = dict(seconds_per_step=sps, mean_seconds_per_step=sps, step_seconds={n: s / 4 for n, s in sps.items()},
-                  final_loss={n: 1.0 for n in names}, theirs="pytorch_optimizer 4.1.0" if theirs else "not installed",
+    timing = dict(seconds_per_step=sps, mean_seconds_per_step=sps, final_loss={n: 1.0 for n in names}, theirs="pytorch_optimizer 4.1.0" if theirs else "not installed",
                   blocks=10, block=10, lr=4e-3, their_lr=1e-3, threads=1, ours_vs_adam=8.5 / 7,
                   ours_vs_theirs=8.5 / 9 if theirs else None, same_work_vs_theirs=8 / 9 if theirs else None)
     sharded = [dict(model="digits autoencoder", world_size=w, widths=list(SMALL), steps=40, max_preconditioner_dim=64,
@@ -96,7 +96,8 @@ def test_report_of_a_synthetic_result(tmp_path):
     assert "digits autoencoder" in text and "1.300" in text
     verdicts = [g["met"] for g in r["goals"]]
     assert verdicts == [True, True, True, True, True, False]  # the W = 3 balance of 1.3 misses 1.25
-    assert "[MISSED] digits autoencoder, W = 3" in text
+    assert "digits autoencoder, W = 3: max per-rank preconditioner bytes <= 1.25 x total / W: measured 1.30x" in text
+    assert "MISSED" not in text and "[met" not in text  # figures, not verdicts
     # JSON round trip
     path = tmp_path / "sub" / "shampoo.json"
     bench.save(r, path)
@@ -108,7 +109,7 @@ def test_report_without_pytorch_optimizer():
     r = _synthetic(theirs=False)
     text = bench.report(r)
     assert "pytorch-optimizer Shampoo" in text and "not installed" in text
-    assert r["goals"][3]["met"] is None and "[n/a   ] faster per step" in text
+    assert r["goals"][3]["met"] is None and "ours / theirs < 1): measured n/a" in text
 
 
 def test_side_by_side_timer_returns_positive_numbers():
@@ -116,7 +117,7 @@ def test_side_by_side_timer_returns_positive_numbers():
     theirs = {"pytorch-optimizer Shampoo", bench.SAME_WORK}
     expected = {"Adam", "natgrad Shampoo"} | (theirs if t["theirs"] != "not installed" else set())
     assert set(t["seconds_per_step"]) == expected
-    assert all(s > 0 for s in t["seconds_per_step"].values()) and all(s > 0 for s in t["step_seconds"].values())
+    assert all(s > 0 for s in t["seconds_per_step"].values())
     assert t["ours_vs_adam"] > 0 and (t["ours_vs_theirs"] is None) == (t["theirs"] == "not installed")
     assert (t["same_work_vs_theirs"] is None) == (t["theirs"] == "not installed")
 
@@ -134,7 +135,7 @@ def test_sharded_on_two_ranks_adds_up_to_the_single_process_total():
     assert sum(o["preconditioner_bytes"] for o in s["ranks"]) == s["total_bytes"]
     assert s["balance"] == pytest.approx(max(o["preconditioner_bytes"] for o in s["ranks"]) / (s["total_bytes"] / 2))
     assert s["balance"] <= 1.25 and s["seconds_per_step"] > 0
-    assert s["max_abs_diff"] == 0.0  # two ranks: (g0 + g1) / 2 is computed the same way in the reference
+    assert s["max_abs_diff"] < 1e-4  # the all-reduce sums the shard means in another order than the full batch
 
 
 def test_protocol_grids():
@@ -188,9 +189,8 @@ def test_stored_results_support_what_the_shampoo_lesson_says():
     """lessons/04-shampoo says of docs/bench/shampoo.json: most Shampoo settings end
     below the best Adam run's loss, and -1/2 per factor with EMA statistics wins at
     every target. Rerunning the benchmark must not silently contradict the lesson."""
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = ROOT
     r = bench.load(root / "docs" / "bench" / "shampoo.json")
     assert r is not None and not r["quick"]
     lesson = (root / "lessons" / "04-shampoo" / "lesson.md").read_text()

@@ -59,6 +59,8 @@ def test_a_failing_rank_is_named():
 
 
 def test_bad_configs_are_rejected():
-    for kwargs in (dict(world_size=5), dict(model="nope"), dict(steps=0), dict(fault="explode")):
+    for kwargs in (dict(world_size=0), dict(model="nope"), dict(steps=0), dict(fault="explode")):
         with pytest.raises(ValueError):
             ShardingConfig(**kwargs)
+    with pytest.raises(ValueError, match="at most 4 ranks"):  # more processes than this machine runs
+        run_sharded(ShardingConfig(world_size=5))

@@ -1,7 +1,7 @@
 r"""Shampoo with grafting, blocking and amortised inverse roots.
 
 Update for a matrix parameter :math:`W` with gradient :math:`G_t` at step ``t``
-(Gupta, Koren & Singer 2018, arXiv 1802.09568; facts.md row 5):
+(Gupta, Koren & Singer 2018, arXiv 1802.09568):
 
 .. math::
 
@@ -29,7 +29,7 @@ steps; before ``start_preconditioning_step`` the update *is* the graft
 (exactly ``torch.optim.Adam``/``Adagrad``/``RMSprop``/``SGD`` for the matching
 settings). Distributed sharding of the blocks: Anil et al. 2020
 (arXiv 2002.09018), Shi et al. 2023 (arXiv 2309.06497); see
-:mod:`natgrad.optim.distributed_shampoo`.
+:mod:`natgrad.optim.shampoo.distributed`.
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ from itertools import chain
 
 import torch
 
-from natgrad.optim import shampoo_blocks as sb
-from natgrad.optim.grafting import GRAFTS, graft_denominators, nonfinite_flags
-from natgrad.optim.linalg import EPSILON_MODES, failed, retried
-
-MAX_EVENTS = 1000
+from natgrad.optim.linalg import EPSILON_MODES, EventLog, failed, retried
+from natgrad.optim.shampoo import blocks as sb
+from natgrad.optim.shampoo.grafting import GRAFTS, graft_denominators, nonfinite_flags
 
 
 class Shampoo(torch.optim.Optimizer):
@@ -149,7 +147,8 @@ class Shampoo(torch.optim.Optimizer):
         self.skipped_steps = 0
         self.root_computations = 0
         self.root_seconds = 0.0
-        self.events: list[str] = []
+        self.events = EventLog()
+        self._steps_taken = 0  # optimizer steps that changed something (for event records)
 
     # ---------------------------------------------------------------- blocks
     def add_param_group(self, param_group: dict) -> None:
@@ -182,9 +181,8 @@ class Shampoo(torch.optim.Optimizer):
         return directions
 
     # ----------------------------------------------------------------- step
-    def _record(self, message: str) -> None:
-        if len(self.events) < MAX_EVENTS:
-            self.events.append(message)
+    def _record(self, kind: str, where: str | None, message: str) -> None:
+        self.events.record(self._steps_taken, kind, where, message)
 
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]
@@ -203,7 +201,8 @@ class Shampoo(torch.optim.Optimizer):
             return False
         bad = torch.nonzero(found).flatten().tolist()
         self.skipped_steps += 1
-        self._record(f"step skipped: non-finite gradient in parameter(s) {bad} (numbered among those with gradients)")
+        self._record("nonfinite_grad", None, f"step skipped: non-finite gradient in parameter(s) {bad} "
+                     "(numbered among those with gradients)")
         return True
 
     @torch.no_grad()
@@ -254,6 +253,7 @@ class Shampoo(torch.optim.Optimizer):
         directions = self._exchange(directions, active)
         for group, ps, nums, dens, cs, on in todo:
             self._apply(group, ps, nums, dens, cs, on, plan, directions)
+        self._steps_taken += 1
         return loss
 
     def _shampoo_group(self, group, ps, states, grads, m_hats, ts, roots_now, directions, active) -> None:
@@ -294,16 +294,8 @@ class Shampoo(torch.optim.Optimizer):
             if ev is not None:
                 self.root_failures += failed(ev)
                 self.fp64_retries += retried(ev)
-                self._record(f"step {t}, block {blk.name}, factor {i}: {ev}")
-
-    @staticmethod
-    def _direction(p: torch.Tensor, blocks: list[sb.Block], directions: dict) -> torch.Tensor:
-        if len(blocks) == 1:
-            return directions[blocks[0].key].reshape(p.shape)
-        s = torch.empty_like(p)
-        for blk in blocks:
-            s[blk.slices] = directions[blk.key]
-        return s
+                self._record("root_failed" if failed(ev) else "root_fp64_retry", f"block {blk.name}, factor {i}",
+                             f"parameter step {t}: {ev}")
 
     def _apply(self, group, ps, nums, dens, cs, on, plan, directions) -> None:
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
@@ -330,7 +322,7 @@ class Shampoo(torch.optim.Optimizer):
         shampoo = [j for j, i in enumerate(rest) if on[i]]
         if shampoo:
             for j in shampoo:
-                us[j] = self._direction(ps[rest[j]], plan[ps[rest[j]]], directions)
+                us[j] = sb.assemble(ps[rest[j]], plan[ps[rest[j]]], directions)
             if group["grafting"] is not None:  # layer-wise grafting: Shampoo's direction, the graft's norm
                 norms = torch.stack(torch._foreach_norm([a[j] for j in shampoo] + [us[j] for j in shampoo]))
                 na, ns = norms[:len(shampoo)], norms[len(shampoo):]
@@ -380,11 +372,11 @@ class Shampoo(torch.optim.Optimizer):
         )
 
     # --------------------------------------------------------- checkpoints
-    _COUNTERS = ("root_failures", "fp64_retries", "skipped_steps", "root_computations", "root_seconds")
+    _COUNTERS = ("root_failures", "fp64_retries", "skipped_steps", "root_computations", "root_seconds", "_steps_taken")
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
-        sd["shampoo"] = {k: getattr(self, k) for k in self._COUNTERS} | {"events": list(self.events)}
+        sd["shampoo"] = {k: getattr(self, k) for k in self._COUNTERS} | {"events": self.events.state_dict()}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -397,17 +389,11 @@ class Shampoo(torch.optim.Optimizer):
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for pid, p in zip(ids, params, strict=True):
             if pid in saved:
-                self.state[p] = _copy_to(saved[pid], p.device)
+                self.state[p] = sb.copy_to(saved[pid], p.device)
         for k, v in state_dict.get("shampoo", {}).items():
-            setattr(self, k, list(v) if k == "events" else v)
+            if k == "events":
+                self.events.load_state_dict(v)
+            else:
+                setattr(self, k, v)
         self._plan = None
 
-
-def _copy_to(value, device: torch.device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device=device, copy=True)
-    if isinstance(value, dict):
-        return {k: _copy_to(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_copy_to(v, device) for v in value)
-    return value

@@ -9,10 +9,10 @@ Usage::
         loss = opt.step(x, y)            # forward, backward, factors, update
         record(loss, **opt.stats())      # damping, rho, alpha, mu, step_norm, ...
 
-Helpers: :mod:`natgrad.optim.kfac_layers` (layers, factors),
-:mod:`natgrad.optim.kfac_linalg` (eigendecompositions, damped inverse),
-:mod:`natgrad.optim.kfac_quadratic` (exact-Fisher quadratic model),
-:mod:`natgrad.optim.damping` (Levenberg-Marquardt rule).
+Helpers: :mod:`natgrad.optim.kfac.layers` (layers, factors),
+:mod:`natgrad.optim.kfac.linalg` (eigendecompositions, damped inverse),
+:mod:`natgrad.optim.kfac.quadratic` (exact-Fisher quadratic model),
+:mod:`natgrad.optim.kfac.damping` (Levenberg-Marquardt rule).
 """
 
 from __future__ import annotations
@@ -26,17 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from natgrad.curvature.likelihoods import output_grads, output_hessian_sqrt, sample_targets
-from natgrad.optim.damping import DEFAULT_BOUNDS, LevenbergMarquardt
-from natgrad.optim.kfac_layers import find_layers
-from natgrad.optim.kfac_linalg import diagonal_fallback, precondition, robust_eigh
-from natgrad.optim.kfac_quadratic import ggn_inner, graph_jvps, model_change, sequential_jvps, step_coefficients
-from natgrad.optim.kfac_state import kfac_state_dict, load_kfac_state
-from natgrad.optim.linalg import all_finite
+from natgrad.optim.kfac.damping import DEFAULT_BOUNDS, LevenbergMarquardt
+from natgrad.optim.kfac.layers import find_layers
+from natgrad.optim.kfac.linalg import diagonal_fallback, precondition
+from natgrad.optim.kfac.quadratic import ggn_inner, graph_jvps, model_change, sequential_jvps, step_coefficients
+from natgrad.optim.kfac.state import kfac_state_dict, load_kfac_state
+from natgrad.optim.linalg import EventLog, all_finite, robust_eigh
 
 LIKELIHOODS = ("gaussian", "softmax")
 FISHER_TYPES = ("true", "empirical", "exact")
 STEP_SIZE_RULES = ("fixed", "kl_clip", "quadratic")
-MAX_EVENTS = 1000
 
 Mats = dict[str, torch.Tensor]  # layer name -> (out, in_dim) matrix
 
@@ -54,7 +53,7 @@ class KFAC(torch.optim.Optimizer):
     ``likelihood="gaussian"``: :math:`L = \frac1N\sum_n \frac12\lVert f(x_n) - y_n\rVert^2`;
     ``"softmax"``: :math:`L = \frac1N\sum_n -\log \mathrm{softmax}(f(x_n))_{y_n}`.
 
-    Curvature, per layer :math:`\bar W = [W \mid b]` (see :mod:`natgrad.optim.kfac_layers`):
+    Curvature, per layer :math:`\bar W = [W \mid b]` (see :mod:`natgrad.optim.kfac.layers`):
     :math:`F_\ell \approx A \otimes G`, running averages
     :math:`A \leftarrow \beta A + (1-\beta) A_{\text{batch}}` (``factor_decay`` :math:`\beta`; the
     first batch initialises) every ``factor_update_steps``. :math:`G` uses output-gradients
@@ -71,7 +70,7 @@ class KFAC(torch.optim.Optimizer):
         \quad(\text{``pi_damping=False``: } -(A\otimes G + \lambda I)^{-1}\nabla h),
 
     from eigendecompositions refreshed every ``inverse_update_steps``
-    (:mod:`natgrad.optim.kfac_linalg`). ``step_size_rule``:
+    (:mod:`natgrad.optim.kfac.linalg`). ``step_size_rule``:
 
     * ``"fixed"``: :math:`\delta_k = \mathrm{lr}\,\Delta + m\,\delta_{k-1}` (heavy ball, ``momentum`` m);
     * ``"kl_clip"``: as fixed with :math:`\mathrm{lr}\,\nu`,
@@ -79,7 +78,7 @@ class KFAC(torch.optim.Optimizer):
       :math:`\kappa` = ``kl_clip`` (Ba, Grosse & Martens 2017; kfac-pytorch);
     * ``"quadratic"``: :math:`\delta_k = \alpha\Delta + \mu\delta_{k-1}` with :math:`(\alpha, \mu)`
       minimising :math:`M(\delta) = \nabla h^\top\delta + \frac12\delta^\top(F + (\lambda+\eta)I)\delta`,
-      :math:`F` the exact Fisher/GGN of the batch (:mod:`natgrad.optim.kfac_quadratic`; Martens &
+      :math:`F` the exact Fisher/GGN of the batch (:mod:`natgrad.optim.kfac.quadratic`; Martens &
       Grosse 2015, s. 7). ``momentum > 0`` only switches :math:`\mu` on; ``lr`` is not used.
       ``curvature_examples=m`` estimates the :math:`F` terms on a fresh random subset of
       :math:`m` examples per step (the gradient terms stay full-batch), as Hessian-free
@@ -88,7 +87,7 @@ class KFAC(torch.optim.Optimizer):
 
     ``adaptive_damping``: every ``damping_adaptation_interval`` steps,
     :math:`\rho = (h(\theta+\delta) - h(\theta)) / M(\delta)` on the batch and the
-    Levenberg-Marquardt rule of :mod:`natgrad.optim.damping` (s. 6.5), clamped to ``damping_bounds``.
+    Levenberg-Marquardt rule of :mod:`natgrad.optim.kfac.damping` (s. 6.5), clamped to ``damping_bounds``.
 
     Robustness: a failing eigendecomposition is retried in float64, then the previous one is kept
     (``events``); a non-finite loss, gradient or update skips the step (``events``). ``lr``,
@@ -161,8 +160,7 @@ class KFAC(torch.optim.Optimizer):
         self._factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._eig: dict[str, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {}
         self._prev: Mats = {}
-        self.events: list[dict[str, Any]] = []
-        self.event_counts: dict[str, int] = {}
+        self.events = EventLog()
         self.last_loss = self.last_rho = self.last_alpha = self.last_mu = self.last_nu = None
         self.last_step_norm = None
         self._capturing = False
@@ -203,9 +201,12 @@ class KFAC(torch.optim.Optimizer):
         self._handles = []
 
     def _record(self, step: int, kind: str, layer: str | None = None, message: str = "") -> None:
-        self.events.append(dict(step=step, kind=kind, layer=layer, message=message))
-        del self.events[:-MAX_EVENTS]
-        self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
+        self.events.record(step, kind, layer, message)
+
+    @property
+    def event_counts(self) -> dict[str, int]:
+        """How many events of each kind (:class:`natgrad.optim.linalg.EventLog`)."""
+        return self.events.counts
 
     # ------------------------------------------------------------------ public read-outs
     @property
@@ -228,7 +229,7 @@ class KFAC(torch.optim.Optimizer):
         """Scalars to record per step."""
         return dict(loss=self.last_loss, damping=self.damping, rho=self.last_rho, alpha=self.last_alpha,
                     mu=self.last_mu, nu=self.last_nu, step_norm=self.last_step_norm,
-                    lr=float(self.param_groups[0]["lr"]), events=float(sum(self.event_counts.values())))
+                    lr=float(self.param_groups[0]["lr"]), events=float(len(self.events)))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self._all_params:
@@ -444,7 +445,7 @@ class KFAC(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """Everything needed to continue bitwise identically (see :mod:`natgrad.optim.kfac_state`)."""
+        """Everything needed to continue bitwise identically (see :mod:`natgrad.optim.kfac.state`)."""
         return kfac_state_dict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]

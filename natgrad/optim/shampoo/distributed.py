@@ -2,7 +2,7 @@ r"""Distributed Shampoo: the same update as :class:`natgrad.optim.Shampoo`, with
 the preconditioner blocks sharded over the ranks of a data-parallel job.
 
 Every rank holds the whole model and sees the same (all-reduced) gradient. The
-blocks of all parameters (see :mod:`natgrad.optim.shampoo_blocks`) are assigned
+blocks of all parameters (see :mod:`natgrad.optim.shampoo.blocks`) are assigned
 to ranks by estimated root cost :math:`\sum_i d_i^3`, largest first, each to
 the least-loaded rank; the assignment is deterministic, so every rank computes
 the same one without talking. Per step, rank ``r``
@@ -34,8 +34,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from natgrad.optim import shampoo_blocks as sb
-from natgrad.optim.shampoo import Shampoo
+from natgrad.optim.shampoo import blocks as sb
+from natgrad.optim.shampoo.optimizer import Shampoo
 
 
 class DistributedShampoo(Shampoo):

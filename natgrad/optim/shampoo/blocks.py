@@ -213,3 +213,24 @@ def block_state_bytes(bstate: dict) -> int:
     """Bytes actually held by one block's state (for checking ``preconditioner_bytes``)."""
     tensors = [bstate["diag"]] if "diag" in bstate else [*bstate["factors"], *bstate["roots"]]
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def assemble(p: torch.Tensor, blocks: list[Block], directions: dict) -> torch.Tensor:
+    """A parameter's direction from its blocks' directions (``{block.key: tensor}``)."""
+    if len(blocks) == 1:
+        return directions[blocks[0].key].reshape(p.shape)
+    s = torch.empty_like(p)
+    for blk in blocks:
+        s[blk.slices] = directions[blk.key]
+    return s
+
+
+def copy_to(value, device: torch.device):
+    """A deep copy of a (nested) optimizer state with every tensor on ``device``, dtypes kept."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: copy_to(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(copy_to(v, device) for v in value)
+    return value
