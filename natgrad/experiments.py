@@ -78,6 +78,7 @@ TaskBuilder = Callable[..., Task | ObjectiveTask]  # (seed, device, dtype, **opt
 TASKS: dict[str, TaskBuilder] = {
     "digits-autoencoder": digits.autoencoder_task,
     "digits-classifier": digits.classifier_task,
+    "digits-cnn": digits.cnn_task,
     "kron-quadratic": quadratic.kron_quadratic_task,
 }
 

@@ -33,10 +33,10 @@ class GridResult:
 
 
 def grid(optimizer: str, grids: Sequence[dict], steps: int, task: str, device: str,
-         log: Callable[[str], None] = print) -> list[GridResult]:
+         log: Callable[[str], None] = print, batch_size: int | None = None) -> list[GridResult]:
     out = []
     for hp in grids:
-        traj = run(Spec.make(hp, task=task, optimizer=optimizer, steps=steps, device=device))
+        traj = run(Spec.make(hp, task=task, optimizer=optimizer, steps=steps, device=device, batch_size=batch_size))
         sps = traj.seconds[-1] / len(traj.seconds) if traj.seconds else math.nan
         res = GridResult(optimizer, hp, traj.final_loss, traj.status, sps, traj)
         log(f"  {optimizer:5s} {hp}: loss {res.final_loss:.4g} after {len(traj.loss)} steps "
@@ -78,11 +78,12 @@ def adam_protocol(quick: bool) -> dict:
     return dict(adam_lrs=[float(x) for x in np.geomspace(1e-4, 3e-2, 8)], horizons=[500, 2000, 5000], compare_at=3000)
 
 
-def adam_grid(p: dict, task: str, device: str, log: Callable[[str], None] = print) -> list[GridResult]:
+def adam_grid(p: dict, task: str, device: str, log: Callable[[str], None] = print,
+              batch_size: int | None = None) -> list[GridResult]:
     """Adam on ``p["adam_lrs"]`` (from :func:`adam_protocol`), each for the longest horizon."""
     horizon = max(p["horizons"])
     log(f"Adam grid: {len(p['adam_lrs'])} learning rates x {horizon} steps")
-    return grid("adam", [{"lr": lr} for lr in p["adam_lrs"]], horizon, task, device, log)
+    return grid("adam", [{"lr": lr} for lr in p["adam_lrs"]], horizon, task, device, log, batch_size)
 
 
 def first_reach(traj: Trajectory, target: float) -> tuple[int | None, float | None]:

@@ -26,6 +26,8 @@ from natgrad.tasks.base import Task
 
 AUTOENCODER_WIDTHS = (64, 128, 64, 32, 8, 32, 64, 128, 64)
 CLASSIFIER_WIDTHS = (64, 32, 10)
+CNN_CHANNELS = (16, 32)
+CNN_BATCH = 256  # the mini-batch size the CNN task is meant for
 
 
 @lru_cache(maxsize=1)
@@ -95,6 +97,30 @@ def digits_classifier(
     return _mlp(widths, act, seed)
 
 
+def digits_cnn(seed: int = 0, channels: Sequence[int] = CNN_CHANNELS) -> nn.Sequential:
+    """A small convnet for the 8x8 digits: two 3x3 convolutions (padding 1, ReLU) and a
+    linear head on the flattened feature map (``channels[-1] * 64`` inputs: 2048 by
+    default) to 10 logits. Input (B, 64) pixel rows or (B, 1, 8, 8) images."""
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, 8, 8))]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        c_in = 1
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, kernel_size=3, padding=1), nn.ReLU()]
+            c_in = c
+        layers += [nn.Flatten(), nn.Linear(c_in * 64, 10)]
+    return _ImageInput(*layers)
+
+
+class _ImageInput(nn.Sequential):
+    """An ``nn.Sequential`` whose first module reshapes (B, 64) rows to (B, 1, 8, 8); images pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x.flatten(1)
+        return super().forward(x)
+
+
 def autoencoder_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     r"""Gaussian negative log-likelihood up to a constant, batch mean.
 
@@ -119,3 +145,10 @@ def classifier_task(seed: int = 0, device: torch.device | str | None = None,
     X, y = load_digits_tensors(dtype=dtype, device=device)
     return Task(digits_classifier(seed=seed).to(device=device, dtype=dtype), X, y, nn.functional.cross_entropy,
                 "softmax")
+
+
+def cnn_task(seed: int = 0, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Task:
+    """:func:`digits_cnn` on all 1797 digits, cross-entropy (softmax likelihood); meant
+    for mini-batches of :data:`CNN_BATCH`."""
+    X, y = load_digits_tensors(dtype=dtype, device=device)
+    return Task(digits_cnn(seed=seed).to(device=device, dtype=dtype), X, y, nn.functional.cross_entropy, "softmax")
