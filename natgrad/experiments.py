@@ -39,6 +39,7 @@ class Spec:
     batch_size: int | None = None  # None: full batch
     threads: int = 1  # CPU threads for torch; small models run fastest on one
     task_options: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs, e.g. kron-quadratic's condition
+    eval_every: int | None = None  # also record the loss on the whole data set every this many steps
 
     @staticmethod
     def make(hparams: dict[str, Any] | None = None, task_options: dict[str, Any] | None = None, **kwargs) -> Spec:
@@ -57,6 +58,11 @@ class Trajectory:
     loss: list[float] = field(default_factory=list)  # loss before the update at `step`
     seconds: list[float] = field(default_factory=list)  # cumulative wall time of the updates
     extras: dict[str, list[float | None]] = field(default_factory=dict)  # damping, rho, ...
+    # with spec.eval_every: the loss on the whole data set before the update at eval_step, and the
+    # training seconds spent until then (evaluation time not counted)
+    eval_step: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
     status: str = "ok"  # "ok" | "diverged" | "stopped" | "error"
     message: str = ""
 
@@ -64,12 +70,21 @@ class Trajectory:
     def final_loss(self) -> float:
         return self.loss[-1] if self.loss else math.nan
 
+    def curve(self) -> tuple[list[int], list[float], list[float]]:
+        """(steps, losses, seconds) of the whole-data-set evaluations when there are any
+        (mini-batch runs with ``eval_every``), else of the per-step training losses."""
+        if self.eval_step:
+            return self.eval_step, self.eval_loss, self.eval_seconds
+        return self.step, self.loss, self.seconds
+
     def steps_to(self, target: float) -> int | None:
-        """First recorded step at which the loss is at or below ``target``."""
-        return next((s for s, v in zip(self.step, self.loss, strict=True) if v <= target), None)
+        """First recorded step at which the loss (:meth:`curve`) is at or below ``target``."""
+        steps, losses, _ = self.curve()
+        return next((s for s, v in zip(steps, losses, strict=True) if v <= target), None)
 
     def seconds_to(self, target: float) -> float | None:
-        return next((t for t, v in zip(self.seconds, self.loss, strict=True) if v <= target), None)
+        _, losses, seconds = self.curve()
+        return next((t for t, v in zip(seconds, losses, strict=True) if v <= target), None)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -203,6 +218,8 @@ def run(
     elapsed = 0.0
     first = None
     for t in range(spec.steps):
+        if spec.eval_every and t % spec.eval_every == 0:
+            _evaluate(task, traj, t, elapsed)
         x, y = task.batch(spec.batch_size, gen)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -235,6 +252,18 @@ def run(
             if should_stop is not None and should_stop():
                 traj.status, traj.message = "stopped", f"Stopped by request after {t + 1} steps."
                 break
+    else:
+        if spec.eval_every:
+            _evaluate(task, traj, spec.steps, elapsed)
     for values in traj.extras.values():
         values.extend([None] * (len(traj.step) - len(values)))
     return traj
+
+
+def _evaluate(task: Task | ObjectiveTask, traj: Trajectory, step: int, elapsed: float) -> None:
+    """Record the loss on the whole data set (no gradient, no effect on training)."""
+    x, y = task.batch(None, None)
+    with torch.no_grad():
+        traj.eval_step.append(step)
+        traj.eval_loss.append(float(task.loss(x, y)))
+        traj.eval_seconds.append(elapsed)

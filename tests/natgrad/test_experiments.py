@@ -57,3 +57,19 @@ def test_steps_and_seconds_to_target():
     assert traj.steps_to(target) <= 10
     assert traj.seconds_to(target) == traj.seconds[traj.steps_to(target)]
     assert traj.steps_to(-1.0) is None
+
+
+def test_whole_data_evaluations_do_not_change_training_and_drive_steps_to():
+    spec = Spec.make({"lr": 3e-3}, task="digits-cnn", optimizer="adam", steps=12, batch_size=64)
+    plain = run(spec)
+    evaluated = run(Spec.make({"lr": 3e-3}, task="digits-cnn", optimizer="adam", steps=12, batch_size=64,
+                              eval_every=5))
+    assert evaluated.loss == plain.loss and not plain.eval_step
+    assert evaluated.eval_step == [0, 5, 10, 12]
+    from natgrad.tasks.digits import cnn_task
+
+    task = cnn_task(seed=0)
+    with torch.no_grad():
+        assert evaluated.eval_loss[0] == float(task.loss(task.inputs, task.targets))
+    target = evaluated.eval_loss[2]
+    assert evaluated.steps_to(target) == 10 and evaluated.seconds_to(target) == evaluated.eval_seconds[2]
