@@ -10,7 +10,13 @@ import streamlit as st
 from course.lessons import Lab
 from natgrad.preconditioners import measure_along, muon_as_shampoo
 from natgrad.snapshots import SMALL_WIDTHS, curvature_snapshots
-from natgrad.viz.preconditioners import METRICS, comparison_figure, singular_values_figure, spectrum_figure, training_figure
+from natgrad.viz.preconditioners import (
+    METRICS,
+    comparison_figure,
+    singular_values_figure,
+    spectrum_figure,
+    training_figure,
+)
 from views.labs.common import cached, settings_form
 
 TRAIN_STEPS = [0, 10, 25, 50, 100, 200, 400]
