@@ -99,19 +99,20 @@ def fisher_snapshot(train_steps: int = 0, seed: int = 0, lr: float = 1e-2, examp
 
 
 def curvature_snapshots(steps: Sequence[int], seed: int = 0, lr: float = 1e-2, examples: int = 512,
-                        statistic: str = "true", threads: int = 1) -> list[tuple[int, float, Curvature]]:
+                        statistic: str = "true", threads: int = 1,
+                        device: torch.device | str = "cpu") -> list[tuple[int, float, Curvature]]:
     """Train the small classifier with Adam (full batch, as :func:`fisher_snapshot`) and at each
     of ``steps`` take ``(step, full-data loss, Curvature)`` on the first ``examples`` digits
-    (:func:`natgrad.preconditioners.from_model`; ``statistic`` "true" or "empirical"). Runs on
-    ``threads`` CPU threads (restored afterwards)."""
+    (:func:`natgrad.preconditioners.from_model`; ``statistic`` "true" or "empirical"), in
+    float64 on ``device``. Runs on ``threads`` CPU threads (restored afterwards)."""
     wanted = sorted(set(int(t) for t in steps))
     if not wanted or wanted[0] < 0:
         raise ValueError("steps must be non-negative and not empty")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        X, y = pooled_digits()
-        model = small_classifier(seed)
+        X, y = (t.to(device) for t in pooled_digits())
+        model = small_classifier(seed).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         out = []
         for t in range(wanted[-1] + 1):

@@ -17,7 +17,7 @@ from natgrad.viz.preconditioners import (
     spectrum_figure,
     training_figure,
 )
-from views.labs.common import cached, settings_form
+from views.labs.common import cached, device, settings_form
 
 TRAIN_STEPS = [0, 10, 25, 50, 100, 200, 400]
 LAMBDAS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
@@ -28,9 +28,9 @@ EXAMPLES = 512
 def _snapshots(statistic: str):
     def compute():
         with st.spinner("Training the small classifier and computing its exact Fisher at 7 steps ..."):
-            return curvature_snapshots(TRAIN_STEPS, examples=EXAMPLES, statistic=statistic)
+            return curvature_snapshots(TRAIN_STEPS, examples=EXAMPLES, statistic=statistic, device=device())
 
-    return cached(("precond-snapshots", statistic), compute)
+    return cached(("precond-snapshots", statistic, device()), compute)
 
 
 def _measures(statistic: str, lam: float):
@@ -40,7 +40,7 @@ def _measures(statistic: str, lam: float):
         with st.spinner("Building every method's direction and the spectra of P(F + λI) ..."):
             return measure_along([c for _, _, c in snaps], lam)
 
-    return snaps, cached(("precond-measures", statistic, lam), compute)
+    return snaps, cached(("precond-measures", statistic, lam, device()), compute)
 
 
 def preconditioner_lab(lab: Lab) -> None:

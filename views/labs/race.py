@@ -8,10 +8,11 @@ import math
 import streamlit as st
 
 from course.lessons import Lab
+from natgrad.bench import soap_muon
 from natgrad.experiments import TASKS
 from natgrad.race import applicable, break_even, label, learning_rate, race_specs, seconds_per_step
 from natgrad.viz.race import race_figure, step_time_figure
-from views.labs.common import cached, device, report_status, run_cached, settings_form
+from views.labs.common import bench_results, cached, device, report_status, run_cached, settings_form
 from views.labs.kfac import LOG_CHOICES
 
 MAX_RACERS = 6
@@ -98,6 +99,7 @@ def optimizer_race(lab: Lab) -> None:
         "reaches only later in wall-clock time. Timings are this machine's, with one CPU thread per run "
         "(or the GPU when there is one), measured one run after another."
     )
+    bench_results("soap-muon", "SOAP and Muon vs tuned Adam, SOAP's step time vs heavyball's", soap_muon.report)
     task, chosen = _pick()
     s = _settings(task, chosen)
     if s is None:
