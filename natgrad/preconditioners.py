@@ -113,7 +113,7 @@ def from_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, likelihood: s
     """The curvature of a model of ``nn.Linear`` layers on ``(X, y)``: the gradient of the
     mean loss, the exact true Fisher (type-2), the statistic (``"true"``: that Fisher and
     K-FAC's type-2 factors; ``"empirical"``: both with the observed labels) and Sophia's
-    GNB estimate with labels drawn from the model by a generator seeded with ``seed``."""
+    GNB estimate with labels drawn from the model by a CPU generator seeded with ``seed``."""
     check_likelihood(likelihood)
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
@@ -123,8 +123,8 @@ def from_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, likelihood: s
                                         kind="type-2" if statistic == "true" else "empirical"))
     with torch.no_grad():
         out = model(X)
-    gen = torch.Generator(device=X.device).manual_seed(seed)
-    g_hat = _gradient(model, X, sample_targets(out, likelihood, gen), likelihood)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU, so every device draws the same labels
+    g_hat = _gradient(model, X, sample_targets(out.cpu(), likelihood, gen).to(X.device), likelihood)
     return Curvature(g=_gradient(model, X, y, likelihood), fisher=F, statistic=S, matrices=matrices_of(model),
                      kfac=K, gnb=X.shape[0] * g_hat * g_hat)
 

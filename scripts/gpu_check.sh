@@ -9,6 +9,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-gpu-check}
 DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+export PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.txt"
 : > "$LOG"
@@ -16,7 +18,7 @@ say() { echo "$@" | tee -a "$LOG"; }
 status=0
 
 say "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), device $DEVICE"
-python - "$DEVICE" <<'PY' 2>&1 | tee -a "$LOG"
+"$PYTHON" - "$DEVICE" <<'PY' 2>&1 | tee -a "$LOG"
 import sys, torch
 dev = sys.argv[1]
 print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, CUDA {torch.version.cuda}")
@@ -28,17 +30,17 @@ PY
 [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 
 say "== 1/3 device-parametrised tests (pytest -m device)"
-timeout 150 python -m pytest -m device -q -p no:cacheprovider tests/natgrad 2>&1 | tail -n 25 | tee -a "$LOG"
+timeout 150 "$PYTHON" -m pytest -m device -q --tb=short -p no:cacheprovider tests/natgrad 2>&1 | tail -n 80 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; say "!! device tests failed or timed out"; }
 
 say "== 2/3 time per step, CPU and $DEVICE side by side"
 DEVS="cpu"; [ "$DEVICE" != "cpu" ] && DEVS="cpu $DEVICE"
-timeout 90 python -m natgrad.bench.devices --devices $DEVS --steps 20 --warmup 5 --out "$OUT_DIR/step_times.txt" \
+timeout 90 "$PYTHON" -m natgrad.bench.devices --devices $DEVS --steps 20 --warmup 5 --out "$OUT_DIR/step_times.txt" \
     2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; say "!! step times failed or timed out"; }
 
 say "== 3/3 python -m natgrad.bench --quick --device $DEVICE"
-timeout 180 python -m natgrad.bench --quick --device "$DEVICE" --report-dir "$OUT_DIR/bench" 2>&1 | tee -a "$LOG"
+timeout 180 "$PYTHON" -m natgrad.bench --quick --device "$DEVICE" --report-dir "$OUT_DIR/bench" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; say "!! quick benchmarks failed or timed out"; }
 
 say "== done (exit $status); per-step times: $OUT_DIR/step_times.txt, report: $OUT_DIR/bench/report.html"

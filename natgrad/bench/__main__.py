@@ -4,6 +4,7 @@
     python -m natgrad.bench --quick --device cuda
     python -m natgrad.bench kfac shampoo --report-dir docs/bench
     python -m natgrad.bench shampoo --quick --out shampoo.json
+    python -m natgrad.bench --report-only --report-dir docs/bench   # CSV and HTML of the stored results
 
 Each benchmark prints its report. A run of the suite (or of several benchmarks) also writes,
 into ``--report-dir``, each result as ``<name>.json`` (what the lessons read from
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-dir", default=None,
                         help=f"write <name>.json, report.csv and report.html here (default {DEFAULT_REPORT_DIR}/ "
                              "when more than one benchmark runs)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write report.csv and report.html from the <name>.json in --report-dir")
     args = parser.parse_args(argv)
     which = args.which or list(BENCHES)
     unknown = [w for w in which if w not in BENCHES]
@@ -55,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
     if args.out and len(which) != 1:
         parser.error("--out takes one benchmark; use --report-dir for several")
-    report_dir = args.report_dir or (DEFAULT_REPORT_DIR if len(which) > 1 else None)
+    report_dir = args.report_dir or (DEFAULT_REPORT_DIR if len(which) > 1 or args.report_only else None)
+    if args.report_only:
+        stored = {name: BENCHES[name][0].load(Path(report_dir) / f"{name}.json") for name in which}
+        results = {name: (r, BENCHES[name][0].report(r)) for name, r in stored.items() if r is not None}
+        write_report(results, Path(report_dir), "stored results")
+        print(f"wrote {report_dir}/report.csv and {report_dir}/report.html from {', '.join(results) or 'nothing'}"
+              + "".join(f"; no {name}.json" for name, r in stored.items() if r is None))
+        return 0
     started = time.perf_counter()
     results = {}
     for i, name in enumerate(which):
@@ -72,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
             bench.save(result, Path(report_dir) / f"{name}.json")
     print(progress_bar(len(which), len(which), "done", started), file=sys.stderr, flush=True)
     if report_dir:
-        rows = [row for name, (result, _) in results.items() for row in flatten(name, result)]
-        write_csv(rows, Path(report_dir) / "report.csv")
-        write_html(results, Path(report_dir) / "report.html",
-                   title=f"natgrad benchmarks ({'quick' if args.quick else 'full'} protocols, {args.device})")
+        write_report(results, Path(report_dir), f"{'quick' if args.quick else 'full'} protocols, {args.device}")
         print(f"wrote {report_dir}/report.csv, {report_dir}/report.html and one JSON per benchmark")
     return 0
+
+
+def write_report(results: dict[str, tuple[dict, str]], report_dir: Path, what: str) -> None:
+    """``report.csv`` (every scalar of every result) and ``report.html`` in ``report_dir``."""
+    write_csv([row for name, (result, _) in results.items() for row in flatten(name, result)],
+              report_dir / "report.csv")
+    write_html(results, report_dir / "report.html", title=f"natgrad benchmarks ({what})")
 
 
 if __name__ == "__main__":

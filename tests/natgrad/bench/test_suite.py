@@ -92,3 +92,33 @@ def test_side_by_side_with_heavyball():
     t = soap_muon.time_per_step(blocks=1, block=2, warmup_blocks=0)
     assert t["seconds_per_step"]["natgrad SOAP"] > 0 and t["ours_vs_adam"] > 0
     assert ("heavyball SOAP" in t["seconds_per_step"]) == (t["theirs"] != "not installed")
+
+
+def test_report_only_rebuilds_the_report_from_stored_results(tmp_path, capsys):
+    (tmp_path / "kfac.json").write_text(json.dumps({"quick": False, "x": 2.5}))
+    from natgrad.bench import kfac
+
+    original = kfac.report
+    try:
+        kfac.report = lambda r: "stored kfac"
+        assert main(["kfac", "shampoo", "--report-only", "--report-dir", str(tmp_path)]) == 0
+    finally:
+        kfac.report = original
+    assert "no shampoo.json" in capsys.readouterr().out
+    assert rp.read_csv(tmp_path / "report.csv") == [{"benchmark": "kfac", "path": "quick", "value": False},
+                                                    {"benchmark": "kfac", "path": "x", "value": 2.5}]
+    assert "stored kfac" in (tmp_path / "report.html").read_text()
+
+
+def test_stored_report_csv_is_that_of_the_stored_results():
+    """docs/bench/report.csv (what `python -m natgrad.bench --report-only --report-dir docs/bench`
+    writes) holds every scalar of the stored JSON results, exactly."""
+    from tests.conftest import ROOT
+
+    bench_dir = ROOT / "docs" / "bench"
+    rows = rp.read_csv(bench_dir / "report.csv")
+    expected = [row for name, (module, _) in BENCHES.items() if (bench_dir / f"{name}.json").exists()
+                for row in rp.flatten(name, module.load(bench_dir / f"{name}.json"))]
+    assert rows == expected
+    stored = soap_muon.load(bench_dir / "soap-muon.json")
+    assert not stored["quick"] and rp.value(rows, "soap-muon", "timing.ours_vs_theirs") == stored["timing"]["ours_vs_theirs"]

@@ -233,14 +233,16 @@ def test_rejects_bad_hyperparameters(bad):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_same_steps_on_every_available_device(device, X):
-    runs = []
+def test_trains_the_same_on_every_available_device(device, X):
+    """State on the device and the same losses as on the CPU, loosely: a 48 x 64 gradient
+    leaves 16 zero eigenvalues in R, whose eigenvectors each device's eigensolver picks
+    differently, and Adam in that basis then takes (equally valid) different steps."""
+    losses = []
     for dev in ("cpu", device):
         model = digits_autoencoder(seed=0, widths=WIDTHS).to(dev)
         opt = SOAP(model.parameters(), lr=1e-3, precondition_frequency=2)
         _train(model, opt, X.to(dev), 6)
         assert all(t.device.type == dev for p in model.parameters() for b in opt.state[p]["blocks"].values()
                    for t in b["factors"] + b["bases"])
-        runs.append([p.detach().cpu() for p in model.parameters()])
-    for a, b in zip(*runs, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        losses.append(float(autoencoder_loss(model(X.to(dev)), X.to(dev)).detach()))
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
