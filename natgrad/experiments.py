@@ -168,13 +168,27 @@ def _kfac(task, **hparams) -> Stepper:
     return KFAC(task.model, likelihood=task.likelihood, **hparams)
 
 
-OptimizerBuilder = Callable[..., Stepper]  # (task, **hparams) -> Stepper
+def _soap(task, **hparams) -> Stepper:
+    from natgrad.optim import SOAP
+
+    return TorchStepper(SOAP(task.model.named_parameters(), **hparams), task)
+
+
+def _muon(task, **hparams) -> Stepper:
+    from natgrad.optim import MuonAdam
+
+    return TorchStepper(MuonAdam(task.model.named_parameters(), **hparams), task)
+
+
+OptimizerBuilder = Callable[..., Stepper]  # (task, **hparams) -> Stepper; raises ValueError where it does not apply
 
 OPTIMIZERS: dict[str, OptimizerBuilder] = {
     "adam": _adam,
     "sgd": _sgd,
     "kfac": _kfac,
     "shampoo": _shampoo,
+    "soap": _soap,
+    "muon": _muon,
 }
 
 

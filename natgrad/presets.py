@@ -34,9 +34,21 @@ SHAMPOO_CONFIGS: dict[str, dict[str, Any]] = {
 }
 SHAMPOO_LR = 3e-3  # a learning rate that trains the digits autoencoder well with SHAMPOO_BASE
 
+# SOAP (Vyas et al. 2024): the authors' betas (0.95, 0.95), eigenbases refreshed every 10 steps
+# by one power iteration and QR, no weight decay (as the Adam it is compared with).
+SOAP_BASE: dict[str, Any] = dict(betas=(0.95, 0.95), precondition_frequency=10, eigenbasis="qr", weight_decay=0.0)
+SOAP_LR = 3e-3
+
+# Muon (Jordan et al. 2024) on hidden matrices with Nesterov momentum 0.95 and 5 Newton-Schulz
+# steps (torch.optim.Muon's defaults), AdamW at Adam's preset rate on biases and the output layer.
+MUON_BASE: dict[str, Any] = dict(momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, adam_lr=1e-3)
+MUON_LR = 0.02
+
 PRESETS: dict[str, dict[str, Any]] = {
     "adam": dict(lr=1e-3),
     "sgd": dict(lr=0.1, momentum=0.9),
     "kfac": KFAC_BASE,
     "shampoo": dict(SHAMPOO_BASE, lr=SHAMPOO_LR),
+    "soap": dict(SOAP_BASE, lr=SOAP_LR),
+    "muon": dict(MUON_BASE, lr=MUON_LR),
 }

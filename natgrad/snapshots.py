@@ -1,8 +1,11 @@
 """Curvature snapshots for the labs: the exact Fisher of a tiny digits MLP next
-to its block diagonal and its K-FAC approximation, at a chosen training step.
+to its block diagonal and its K-FAC approximation, at a chosen training step; and
+the same model's gradient and statistics along a training run, for comparing
+preconditioners (:mod:`natgrad.preconditioners`).
 
     snap = fisher_snapshot(train_steps=200)
     snap.matrices["exact Fisher"], snap.errors["K-FAC"], snap.boundaries
+    for step, loss, curv in curvature_snapshots([0, 50, 200]): measure(curv, 1e-3)
 
 The model is small on purpose (digits pooled to 4x4 = 16 inputs, 16-12-10-10,
 444 parameters) so that the exact (P, P) Fisher can be formed and drawn.
@@ -10,6 +13,7 @@ The model is small on purpose (digits pooled to 4x4 = 16 inputs, 16-12-10-10,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +28,7 @@ from natgrad.curvature import (
     layer_slices,
     relative_error,
 )
+from natgrad.preconditioners import Curvature, from_model
 from natgrad.tasks.digits import load_digits_tensors
 
 SMALL_WIDTHS = (16, 12, 10, 10)
@@ -91,3 +96,35 @@ def fisher_snapshot(train_steps: int = 0, seed: int = 0, lr: float = 1e-2, examp
         layer_names=list(slices),
         off_diagonal_share=relative_error(B, F),
     )
+
+
+def curvature_snapshots(steps: Sequence[int], seed: int = 0, lr: float = 1e-2, examples: int = 512,
+                        statistic: str = "true", threads: int = 1,
+                        device: torch.device | str = "cpu") -> list[tuple[int, float, Curvature]]:
+    """Train the small classifier with Adam (full batch, as :func:`fisher_snapshot`) and at each
+    of ``steps`` take ``(step, full-data loss, Curvature)`` on the first ``examples`` digits
+    (:func:`natgrad.preconditioners.from_model`; ``statistic`` "true" or "empirical"), in
+    float64 on ``device``. Runs on ``threads`` CPU threads (restored afterwards)."""
+    wanted = sorted(set(int(t) for t in steps))
+    if not wanted or wanted[0] < 0:
+        raise ValueError("steps must be non-negative and not empty")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        X, y = (t.to(device) for t in pooled_digits())
+        model = small_classifier(seed).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        out = []
+        for t in range(wanted[-1] + 1):
+            if t in wanted:
+                with torch.no_grad():
+                    loss = float(nn.functional.cross_entropy(model(X), y))
+                out.append((t, loss, from_model(model, X[:examples], y[:examples], "softmax", statistic=statistic,
+                                                seed=seed + t)))
+            if t < wanted[-1]:
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(X), y).backward()
+                opt.step()
+        return out
+    finally:
+        torch.set_num_threads(previous)

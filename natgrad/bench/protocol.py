@@ -72,18 +72,27 @@ def to_jsonable(obj):
 def adam_protocol(quick: bool) -> dict:
     """Adam's learning-rate grid, the horizons whose tuned-Adam losses are the
     targets, and the step at which both final losses are compared."""
-    if quick:
-        return dict(adam_lrs=[float(x) for x in np.geomspace(1e-3, 3e-2, 4)], horizons=[100, 400, 1000],
-                    compare_at=600)
+    if quick:  # small enough for every benchmark of the suite together to run in minutes
+        return dict(adam_lrs=[3e-3, 1e-2], horizons=[50, 150, 300], compare_at=200)
     return dict(adam_lrs=[float(x) for x in np.geomspace(1e-4, 3e-2, 8)], horizons=[500, 2000, 5000], compare_at=3000)
+
+
+_ADAM_GRIDS: dict[tuple, list[GridResult]] = {}  # one per process and setting: benchmarks of a suite share it
 
 
 def adam_grid(p: dict, task: str, device: str, log: Callable[[str], None] = print,
               batch_size: int | None = None) -> list[GridResult]:
-    """Adam on ``p["adam_lrs"]`` (from :func:`adam_protocol`), each for the longest horizon."""
+    """Adam on ``p["adam_lrs"]`` (from :func:`adam_protocol`), each for the longest horizon.
+    Runs are deterministic, so a grid already run in this process is reused."""
     horizon = max(p["horizons"])
+    key = (tuple(p["adam_lrs"]), horizon, task, device, batch_size)
+    if key in _ADAM_GRIDS:
+        log(f"Adam grid: {len(p['adam_lrs'])} learning rates x {horizon} steps (already run in this process)")
+        return _ADAM_GRIDS[key]
     log(f"Adam grid: {len(p['adam_lrs'])} learning rates x {horizon} steps")
-    return grid("adam", [{"lr": lr} for lr in p["adam_lrs"]], horizon, task, device, log, batch_size)
+    out = grid("adam", [{"lr": lr} for lr in p["adam_lrs"]], horizon, task, device, log, batch_size)
+    _ADAM_GRIDS[key] = out
+    return out
 
 
 def first_reach(traj: Trajectory, target: float) -> tuple[int | None, float | None]:

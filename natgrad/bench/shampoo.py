@@ -1,19 +1,19 @@
 """Shampoo against tuned Adam on the digits autoencoder.
 
-1. Adam with 8 learning rates from 1e-4 to 3e-2 (``--quick``: 4 from 1e-3),
-   each run for the longest horizon (5000 steps; ``--quick``: 1000), full batch.
+1. Adam with 8 learning rates from 1e-4 to 3e-2 (``--quick``: 3e-3 and 1e-2),
+   each run for the longest horizon (5000 steps; ``--quick``: 300), full batch.
 2. Targets: the losses tuned Adam reaches after 500, 2000 and 5000 steps
-   (``--quick``: 100, 400, 1000), tuned per horizon (best learning rate there).
+   (``--quick``: 50, 150, 300), tuned per horizon (best learning rate there).
 3. Shampoo in two families (natgrad.presets.SHAMPOO_CONFIGS: summed factors, epsilon 1e-4 x the largest
    eigenvalue, roots every 10 steps, Adam grafting) on a small learning-rate
    grid, each run for the longest horizon; steps and seconds to each target for
    tuned Shampoo and tuned Adam, their ratios, and the loss after 3000 steps
-   (``--quick``: 600).
+   (``--quick``: 200).
 4. Time per full training iteration (forward, backward, step) of Adam, this
    Shampoo and pytorch-optimizer's ``Shampoo`` (if installed) on the same model
    and data, measured side by side: blocks of 10 iterations (one root
    computation each), the optimizers taking turns block by block, median.
-5. DistributedShampoo on W = 1, 2, 3 gloo ranks (data parallel, blocks of at
+5. DistributedShampoo on W = 1, 2, 3 gloo ranks (``--quick``: 2) (data parallel, blocks of at
    most 64 per dimension): preconditioner bytes per rank against total / W,
    time per step, and the largest parameter difference from single-process
    Shampoo given the same averaged gradients.
@@ -63,13 +63,14 @@ GOALS = dict(step_ratio=3.0, time_ratio=2.5, adam_per_step=2.0, memory_balance=1
 def protocol(quick: bool) -> dict:
     p = adam_protocol(quick)
     if quick:
-        p.update(shampoo_lrs={"prototype": [7e-3], "half-power": [7e-3]}, timing_blocks=10, sharded_steps=40,
-                 sharded_models=["autoencoder"])
+        p.update(shampoo_lrs={"prototype": [7e-3], "half-power": [7e-3]}, timing_blocks=4, sharded_steps=10,
+                 sharded_models=["autoencoder"], world_sizes=[2])
     else:
         p.update(shampoo_lrs={"prototype": [3e-3, 4.5e-3, 7e-3, 1e-2], "half-power": [5e-3, 7e-3, 1e-2]},
                  timing_blocks=20, sharded_steps=200,
                  sharded_models=["autoencoder", "wide-mlp"])
-    p.update(shampoo_steps=max(p["horizons"]), shampoo_configs=SHAMPOO_CONFIGS, world_sizes=[1, 2, 3],
+    p.setdefault("world_sizes", [1, 2, 3])
+    p.update(shampoo_steps=max(p["horizons"]), shampoo_configs=SHAMPOO_CONFIGS,
              sharded_max_preconditioner_dim=SHARDED_BLOCK)
     return p
 

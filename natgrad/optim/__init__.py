@@ -6,13 +6,19 @@
 * :mod:`natgrad.optim.shampoo` - ``Shampoo`` (``step()`` after ``backward()``) and
   ``DistributedShampoo``, the same update with its preconditioner blocks sharded over
   ``torch.distributed`` ranks.
+* :mod:`natgrad.optim.soap` - ``SOAP``: Adam in the eigenbasis of Shampoo's factors, on
+  Shampoo's blocks.
+* :mod:`natgrad.optim.muon` - ``MuonAdam``: ``torch.optim.Muon`` on hidden matrices with
+  ``AdamW`` on the rest, as one optimizer.
 * :mod:`natgrad.optim.linalg` - what they share: ``safe_eigh`` / ``robust_eigh`` /
   ``matrix_inverse_root`` (float64 retry, previous result kept) and the ``EventLog``.
 """
 
 from natgrad.optim.kfac import KFAC, LevenbergMarquardt, ggn_vp, levenberg_marquardt, lm_omega
 from natgrad.optim.linalg import Event, EventLog, RootComputationError, matrix_inverse_root, robust_eigh, safe_eigh
+from natgrad.optim.muon import MuonAdam
 from natgrad.optim.shampoo import DistributedShampoo, Shampoo
+from natgrad.optim.soap import SOAP
 
 __all__ = [
     "KFAC",
@@ -20,7 +26,9 @@ __all__ = [
     "Event",
     "EventLog",
     "LevenbergMarquardt",
+    "MuonAdam",
     "RootComputationError",
+    "SOAP",
     "Shampoo",
     "ggn_vp",
     "levenberg_marquardt",

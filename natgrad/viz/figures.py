@@ -15,9 +15,17 @@ COLORS = {
     "SGD+momentum": "#2ca02c",
     "Shampoo": "#9467bd",
     "Sophia": "#ff7f0e",
+    "SOAP": "#e377c2",
+    "Muon": "#bcbd22",
+    "SGD": "#2ca02c",
     "exponent -1/4": "#9467bd",  # Shampoo's default exponent, in Shampoo's colour
     "exponent -1/2": "#17becf",
 }
+
+
+def color_of(label: str, i: int = 0) -> str:
+    """The fixed colour of an optimizer named at the start of ``label``, else the ``i``-th spare colour."""
+    return _color(label, i)
 
 
 def _color(label: str, i: int) -> str:

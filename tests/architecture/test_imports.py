@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 # inside of an algorithm (natgrad.optim.kfac.layers, ...) and underscored names are not.
 PUBLIC = ("natgrad", "natgrad.experiments", "natgrad.presets", "natgrad.viz", "natgrad.costs", "natgrad.sharding",
           "natgrad.snapshots", "natgrad.devices", "natgrad.distributed", "natgrad.curvature", "natgrad.tasks",
-          "natgrad.optim", "natgrad.bench", "natgrad.labs")
+          "natgrad.optim", "natgrad.bench", "natgrad.labs", "natgrad.preconditioners", "natgrad.race")
 
 
 def imports(path: Path) -> list[tuple[str, list[str], int]]:

@@ -35,10 +35,10 @@ settings). Distributed sharding of the blocks: Anil et al. 2020
 from __future__ import annotations
 
 import time
-from itertools import chain
 
 import torch
 
+from natgrad.optim.checkpoint import load_state_dict_keeping_dtypes, state_dict_with
 from natgrad.optim.linalg import EPSILON_MODES, EventLog, failed, retried
 from natgrad.optim.shampoo import blocks as sb
 from natgrad.optim.shampoo.grafting import GRAFTS, graft_denominators, nonfinite_flags
@@ -375,25 +375,11 @@ class Shampoo(torch.optim.Optimizer):
     _COUNTERS = ("root_failures", "fp64_retries", "skipped_steps", "root_computations", "root_seconds", "_steps_taken")
 
     def state_dict(self) -> dict:
-        sd = super().state_dict()
-        sd["shampoo"] = {k: getattr(self, k) for k in self._COUNTERS} | {"events": self.events.state_dict()}
-        return sd
+        return state_dict_with(self, "shampoo", self._COUNTERS)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a :meth:`state_dict`. Unlike the base class this keeps every
         tensor's dtype (e.g. float64 statistics of float32 parameters) and
         moves it to its parameter's device; tensors are copied."""
-        saved = state_dict["state"]
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in ("state", "shampoo")} | {"state": {}})
-        ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
-        for pid, p in zip(ids, params, strict=True):
-            if pid in saved:
-                self.state[p] = sb.copy_to(saved[pid], p.device)
-        for k, v in state_dict.get("shampoo", {}).items():
-            if k == "events":
-                self.events.load_state_dict(v)
-            else:
-                setattr(self, k, v)
+        load_state_dict_keeping_dtypes(self, state_dict, "shampoo")
         self._plan = None
-
