@@ -1,16 +1,18 @@
-"""Command line: ``python -m natgrad.bench {kfac,shampoo} [--quick] [--out FILE] [--device cpu]``."""
+"""Command line: ``python -m natgrad.bench {kfac,shampoo,simplex} [--quick] [--out FILE] [--device cpu]``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from natgrad.bench import kfac, shampoo
+from natgrad.bench import kfac, shampoo, simplex
 
 BENCHES = {
     "kfac": (kfac, "K-FAC vs tuned Adam on the digits autoencoder"),
     "shampoo": (shampoo, "Shampoo vs tuned Adam on the digits autoencoder, time per step side by side with "
                          "pytorch-optimizer's Shampoo, and DistributedShampoo on 1-3 gloo ranks (those on CPU)"),
+    "simplex": (simplex, "the Fisher-Rao natural gradient vs projected gradient descent fitting a categorical "
+                         "distribution (steps to KL <= 1e-10)"),
 }
 
 
