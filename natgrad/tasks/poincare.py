@@ -59,6 +59,8 @@ class PoincareEmbedding(nn.Module):
     def __init__(self, tree: Tree, x0: torch.Tensor, ball: geoopt.Manifold):
         super().__init__()
         self.tree = tree
+        if tree.size < 2:
+            raise ValueError("a tree to embed needs at least two nodes")
         pairs = torch.tensor(tree.closure(), dtype=torch.long)  # (P, 2) (child, ancestor)
         allowed = ~torch.tensor(tree.related)[pairs[:, 0]]  # (P, n) the negatives of each pair's child ...
         allowed[torch.arange(len(pairs)), pairs[:, 1]] = True  # ... and the pair's own ancestor

@@ -75,9 +75,16 @@ def sphere_figure(s: SphereSteps) -> go.Figure:
                          "dot", show=False))
     for name, p in s.landings.items():
         fig.add_trace(_marker3(p, name, METHOD_COLORS[name], METHOD_SYMBOLS[name], 9 if name == SPHERE_METHODS[2] else 6))
+    r = max(1.2, float(np.linalg.norm(s.euclidean)) + 0.05)
+    # look at the point from the side of its step, so that the step's bend away from the tangent plane shows
+    v = s.tangent if np.linalg.norm(s.tangent) > 1e-9 else np.cross(x, [0.0, 0.0, 1.0]) + np.array([1e-9, 0.0, 0.0])
+    side = np.cross(x, v / np.linalg.norm(v))
+    eye = 0.7 * x + 0.7 * side / max(np.linalg.norm(side), 1e-9) + np.array([0.0, 0.0, 0.25])
+    eye = 1.1 * eye / np.linalg.norm(eye)
+    axis = dict(range=[-r, r], showbackground=False, showticklabels=False, title="", showgrid=False, zeroline=False)
     fig.update_layout(height=520, margin=dict(l=0, r=0, t=10, b=0), legend=dict(orientation="h", y=-0.02),
-                      scene=dict(aspectmode="cube", xaxis=dict(range=[-1.6, 1.6]), yaxis=dict(range=[-1.6, 1.6]),
-                                 zaxis=dict(range=[-1.6, 1.6])))
+                      scene=dict(aspectmode="cube", xaxis=axis, yaxis=axis, zaxis=axis,
+                                 camera=dict(eye=dict(x=eye[0], y=eye[1], z=eye[2]))))
     return fig
 
 
@@ -88,12 +95,14 @@ def step_distances_figure(scales: Sequence[float], travelled: Mapping[str, Seque
     panels = ["distance from x travelled", "distance to the exponential map's landing"]
     cols = 2 if travelled is not None else 1
     fig = make_subplots(rows=1, cols=cols, subplot_titles=panels[2 - cols:])
+    shown = set()
     for c, curves in enumerate([travelled, apart][2 - cols:], start=1):
         for name, ys in curves.items():
             fig.add_trace(go.Scatter(x=list(scales), y=list(ys), mode="lines", name=name, legendgroup=name,
-                                     showlegend=c == cols, line=dict(color=METHOD_COLORS.get(name, "black"), width=2,
+                                     showlegend=name not in shown, line=dict(color=METHOD_COLORS.get(name, "black"), width=2,
                                                                      dash="dot" if name == SPHERE_METHODS[2] else "solid")),
                           row=1, col=c)
+            shown.add(name)
         fig.add_vline(x=current, line_dash="dash", line_color="grey", row=1, col=c)
         fig.update_xaxes(title_text=f"length of the tangent vector{unit}", row=1, col=c)
     fig.update_yaxes(title_text="geodesic distance", row=1, col=1)
@@ -133,8 +142,8 @@ def simplex_steps_figure(s: SimplexSteps) -> go.Figure:
         fig.add_trace(go.Scatter(x=[xy[0]], y=[xy[1]], mode="markers", name=name,
                                  marker=dict(color=METHOD_COLORS[name], size=12, symbol=METHOD_SYMBOLS[name])))
     fig.update_layout(height=460, margin=dict(t=10, b=10), legend=dict(orientation="h", y=-0.05),
-                      xaxis=dict(visible=False, range=[-0.45, 1.45]),
-                      yaxis=dict(visible=False, range=[-0.45, 1.2], scaleanchor="x"))
+                      xaxis=dict(visible=False, range=[-0.3, 1.3]),
+                      yaxis=dict(visible=False, range=[-0.3, 1.05], scaleanchor="x"))
     return fig
 
 
@@ -176,7 +185,7 @@ def stiefel_figure(runs: Mapping[str, tuple[Sequence[int], Sequence[float], Sequ
 
 
 # ------------------------------------------------------------------------------------------ Poincare disk
-def _edge_paths(x: np.ndarray, edges: Sequence[tuple[int, int]], inside: np.ndarray, points: int = 24):
+def _edge_paths(x: np.ndarray, edges: Sequence[tuple[int, int]], inside: np.ndarray, points: int = 25):
     """Polyline coordinates of the geodesic arcs (geoopt's ``PoincareBall.geodesic``) between edge ends inside the
     disk; straight dashed segments where an end is outside (no geodesic there)."""
     ball = geoopt.PoincareBall().to(dtype=torch.float64)
@@ -186,7 +195,7 @@ def _edge_paths(x: np.ndarray, edges: Sequence[tuple[int, int]], inside: np.ndar
     if ok:
         xt = torch.tensor(x, dtype=torch.float64)
         a, b = zip(*ok, strict=True)
-        path = ball.geodesic(t, xt[list(a)][:, None, :], xt[list(b)][:, None, :]).numpy()  # (E, points, 2)
+        path = np.round(ball.geodesic(t, xt[list(a)][:, None, :], xt[list(b)][:, None, :]).numpy(), 4)  # (E, points, 2)
         for seg in path:
             arcs[0].extend(list(seg[:, 0]) + [None])
             arcs[1].extend(list(seg[:, 1]) + [None])
@@ -226,10 +235,11 @@ def poincare_figure(frames: Sequence[tuple[int, np.ndarray]], names: Sequence[st
     fig = go.Figure(_disk_traces(last, names, depth, edges))
     fig.frames = [go.Frame(data=_disk_traces(x, names, depth, edges), name=str(step)) for step, x in frames]
     fig.add_shape(type="circle", x0=-1, y0=-1, x1=1, y1=1, line=dict(color="black", width=1))
-    slider = dict(active=len(frames) - 1, currentvalue=dict(prefix="after step "), pad=dict(t=30),
+    slider = dict(active=len(frames) - 1, currentvalue=dict(prefix="after step "), pad=dict(t=30), x=0.14, len=0.86,
                   steps=[dict(method="animate", label=str(step), args=[[str(step)], dict(mode="immediate",
                               frame=dict(duration=0, redraw=True), transition=dict(duration=0))]) for step, _ in frames])
-    play = dict(type="buttons", showactive=False, x=0.0, y=-0.08, xanchor="left", buttons=[
+    play = dict(type="buttons", showactive=False, x=0.0, y=0.0, xanchor="left", yanchor="top", pad=dict(t=30),
+                direction="down", buttons=[
         dict(label="▶ play", method="animate", args=[None, dict(frame=dict(duration=120, redraw=True), fromcurrent=False,
                                                                  transition=dict(duration=0))]),
         dict(label="❚❚ pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0))])])
@@ -239,3 +249,22 @@ def poincare_figure(frames: Sequence[tuple[int, np.ndarray]], names: Sequence[st
                       xaxis=dict(range=[-lim, lim], visible=False),
                       yaxis=dict(range=[-lim, lim], visible=False, scaleanchor="x"))
     return fig
+
+
+# ------------------------------------------------------------------------------------------ run records
+def recorded_points(extras: Mapping[str, Sequence[float | None]], names: Sequence[str]) -> np.ndarray:
+    """(steps, len(names)) array of the values recorded under ``names`` (None -> NaN)."""
+    cols = [[math.nan if v is None else float(v) for v in extras.get(n, [])] for n in names]
+    return np.array(cols, dtype=float).T if cols and cols[0] else np.zeros((0, len(names)))
+
+
+def disk_frames(steps: Sequence[int], extras: Mapping[str, Sequence[float | None]], n: int,
+                frames: int = 30) -> list[tuple[int, np.ndarray]]:
+    """About ``frames`` (step, (n, 2) positions) pairs evenly spread over a Poincare embedding run's records
+    (``x{i}``, ``y{i}`` after each update), always with the last finite one; undefined (NaN) positions skipped."""
+    xy = recorded_points(extras, [f"{c}{i}" for i in range(n) for c in "xy"]).reshape(-1, n, 2)
+    finite = [i for i in range(len(xy)) if np.isfinite(xy[i]).all()]
+    if not finite:
+        return []
+    pick = sorted({finite[int(round(j))] for j in np.linspace(0, len(finite) - 1, min(frames, len(finite)))})
+    return [(int(steps[i]), np.round(xy[i], 5)) for i in pick]

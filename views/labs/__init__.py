@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from course.lessons import Lab
-from views.labs import damping, kfac, shampoo, sharding
+from views.labs import damping, hyperbolic, kfac, riemannian, shampoo, sharding
 
 LABS: dict[str, Callable[[Lab], None]] = {
     "fisher-blocks": kfac.fisher_blocks,
@@ -22,4 +22,8 @@ LABS: dict[str, Callable[[Lab], None]] = {
     "shampoo-vs-kfac": shampoo.shampoo_vs_kfac,
     "shampoo-memory": shampoo.shampoo_memory,
     "sharding": sharding.sharding,
+    "retractions": riemannian.retractions,
+    "stiefel-practice": riemannian.stiefel_practice,
+    "simplex-natural-gradient": hyperbolic.simplex_fit,
+    "hyperbolic-embedding": hyperbolic.hyperbolic_embedding,
 }

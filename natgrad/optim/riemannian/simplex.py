@@ -41,7 +41,11 @@ Formulas (``g`` is the Euclidean gradient, products and quotients elementwise):
   the parallel transport: it keeps the vector, not its Fisher-Rao length. geoopt's
   ``RiemannianSGD`` with momentum and ``RiemannianAdam`` use it to carry their
   momentum (Becigneul & Ganea 2019, arXiv 1810.00760; Bonnabel 2013, arXiv 1111.5280,
-  for Riemannian SGD with a retraction).
+  for Riemannian SGD with a retraction). geoopt 0.5.1's ``RiemannianSGD`` starts its momentum
+  buffer from the *Euclidean* gradient, which here is neither tangent nor of the natural
+  gradient's size (:math:`-q/p` for a KL objective): with momentum, the first step can be
+  far too long when some :math:`p_i` is small. Without momentum, and in ``RiemannianAdam``,
+  every step uses the Riemannian gradient.
 
 Leaving the orthant. The open simplex is not complete: a geodesic reaches a face
 (some :math:`p_i = 0`) in finite time. :meth:`expmap` does not stop there; it returns
@@ -81,7 +85,9 @@ def project_onto_simplex(x: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     mass = 1.0 - k * floor
     if mass <= 0:
         raise ValueError(f"floor {floor} is too large for {k} coordinates")
-    y = x - floor
+    # The projection does not change when a constant is added to every coordinate: shift the largest to 0, so
+    # that a huge step (a gradient 1/p with p at the floor) does not swamp the float32 arithmetic below.
+    y = x - x.amax(dim=-1, keepdim=True)
     u, _ = torch.sort(y, dim=-1, descending=True)
     css = torch.cumsum(u, dim=-1) - mass
     ind = torch.arange(1, k + 1, device=x.device, dtype=x.dtype)
