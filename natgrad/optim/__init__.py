@@ -6,6 +6,10 @@
 * :mod:`natgrad.optim.shampoo` - ``Shampoo`` (``step()`` after ``backward()``) and
   ``DistributedShampoo``, the same update with its preconditioner blocks sharded over
   ``torch.distributed`` ranks.
+* :mod:`natgrad.optim.riemannian` - Riemannian optimization on geoopt: the Fisher-Rao
+  probability simplex as a ``geoopt.Manifold``, Euclidean-then-project baselines, and the
+  guard that refuses Euclidean optimizers on ``geoopt.ManifoldParameter`` s (imported on
+  its own, not re-exported here).
 * :mod:`natgrad.optim.linalg` - what they share: ``safe_eigh`` / ``robust_eigh`` /
   ``matrix_inverse_root`` (float64 retry, previous result kept) and the ``EventLog``.
 """

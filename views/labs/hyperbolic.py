@@ -161,7 +161,8 @@ def _left_the_disk(t: Trajectory, names: tuple[str, ...]) -> str | None:
     r = np.linalg.norm(xy, axis=1)
     who = ", ".join(f"'{names[i]}' (norm {r[i]:.4f})" for i in np.flatnonzero(r >= 1)[:3])
     return (f"The update of step {t.step[left]} moved {who} out of the disk. There $1-\\lVert x\\rVert^2 \\le 0$, so "
-            "the Poincaré distance from that node is undefined and the loss becomes NaN. " + t.message)
+            "the Poincaré distance from that node is undefined and the loss becomes NaN. "
+            + t.message.split(". ")[0] + ".")  # run()'s advice after it (learning rate, damping) is generic
 
 
 def hyperbolic_embedding(lab: Lab) -> None:
