@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
-from natgrad.tasks import digits, quadratic
+from natgrad.tasks import digits, manifolds, poincare, quadratic
 from natgrad.tasks.base import ObjectiveTask, Task
 
 DIVERGENCE_FACTOR = 1e3
@@ -95,6 +95,9 @@ TASKS: dict[str, TaskBuilder] = {
     "digits-classifier": digits.classifier_task,
     "digits-cnn": digits.cnn_task,
     "kron-quadratic": quadratic.kron_quadratic_task,
+    "stiefel-pca": manifolds.stiefel_pca_task,
+    "simplex-kl": manifolds.simplex_kl_task,
+    "poincare-tree": poincare.poincare_tree_task,
 }
 
 
@@ -180,6 +183,46 @@ def _muon(task, **hparams) -> Stepper:
     return TorchStepper(MuonAdam(task.model.named_parameters(), **hparams), task)
 
 
+def _manifold_aware(builder: Callable[..., Stepper]) -> Callable[..., Stepper]:
+    """Mark a builder whose optimizer knows about ``geoopt.ManifoldParameter`` s (see :func:`make_stepper`)."""
+    builder.manifold_aware = True
+    return builder
+
+
+@_manifold_aware
+def _riemannian_sgd(task, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                    stabilize=None) -> Stepper:
+    from natgrad.optim.riemannian import RiemannianSGD
+
+    return TorchStepper(RiemannianSGD(task.model.parameters(), lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov, stabilize=stabilize), task)
+
+
+@_manifold_aware
+def _riemannian_adam(task, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
+                     stabilize=None) -> Stepper:
+    from natgrad.optim.riemannian import RiemannianAdam
+
+    return TorchStepper(RiemannianAdam(task.model.parameters(), lr=lr, betas=(beta1, beta2), eps=eps,
+                                       weight_decay=weight_decay, amsgrad=amsgrad, stabilize=stabilize), task)
+
+
+@_manifold_aware
+def _projected_sgd(task, lr=0.1, momentum=0.0, weight_decay=0.0) -> Stepper:
+    from natgrad.optim.riemannian import ProjectedSGD
+
+    return TorchStepper(ProjectedSGD(task.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay),
+                        task)
+
+
+@_manifold_aware
+def _projected_adam(task, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0) -> Stepper:
+    from natgrad.optim.riemannian import ProjectedAdam
+
+    return TorchStepper(ProjectedAdam(task.model.parameters(), lr=lr, betas=(beta1, beta2), eps=eps,
+                                      weight_decay=weight_decay), task)
+
+
 OptimizerBuilder = Callable[..., Stepper]  # (task, **hparams) -> Stepper; raises ValueError where it does not apply
 
 OPTIMIZERS: dict[str, OptimizerBuilder] = {
@@ -189,14 +232,29 @@ OPTIMIZERS: dict[str, OptimizerBuilder] = {
     "shampoo": _shampoo,
     "soap": _soap,
     "muon": _muon,
+    "riemannian-sgd": _riemannian_sgd,  # geoopt; the natural gradient on the Fisher-Rao simplex
+    "riemannian-adam": _riemannian_adam,  # geoopt (Becigneul & Ganea 2019)
+    "projected-sgd": _projected_sgd,  # Euclidean step, then back onto the manifold
+    "projected-adam": _projected_adam,
 }
 
 
 def make_stepper(name: str, task: Task | ObjectiveTask, hparams: dict[str, Any]) -> Stepper:
-    """The optimizer registered as ``name`` in :data:`OPTIMIZERS` for ``task``."""
+    """The optimizer registered as ``name`` in :data:`OPTIMIZERS` for ``task``.
+
+    An optimizer that does not know about manifolds refuses a task with a
+    ``geoopt.ManifoldParameter``, saying why, unless ``hparams`` holds
+    ``on_manifold="warn"`` (a run that shows the failure on purpose): then it warns.
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](task, **hparams)
+    builder, hparams = OPTIMIZERS[name], dict(hparams)
+    on_manifold = hparams.pop("on_manifold", "refuse")
+    if not getattr(builder, "manifold_aware", False):
+        from natgrad.optim.riemannian import check_euclidean
+
+        check_euclidean(task.model.parameters(), name, on_manifold)
+    return builder(task, **hparams)
 
 
 def run(
@@ -251,7 +309,8 @@ def run(
         traj.step.append(t)
         traj.loss.append(loss)
         traj.seconds.append(elapsed)
-        for k, v in stepper.stats().items():
+        model_stats = getattr(task.model, "stats", None)  # manifold tasks: constraint errors, positions
+        for k, v in (stepper.stats() | (model_stats() if callable(model_stats) else {})).items():
             traj.extras.setdefault(k, [None] * (len(traj.step) - 1)).append(v)
         if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first, 1e-12):
             traj.status = "diverged"

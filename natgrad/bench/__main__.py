@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from natgrad.bench import kfac, shampoo, soap_muon
+from natgrad.bench import kfac, shampoo, simplex, soap_muon
 from natgrad.bench.report import flatten, write_csv, write_html
 
 BENCHES = {
@@ -29,6 +29,8 @@ BENCHES = {
                          "pytorch-optimizer's Shampoo, and DistributedShampoo on 1-3 gloo ranks (those on CPU)"),
     "soap-muon": (soap_muon, "SOAP and Muon vs tuned Adam on the digits tasks, time per step side by side with "
                              "heavyball's SOAP"),
+    "simplex": (simplex, "the Fisher-Rao natural gradient vs projected gradient descent fitting a categorical "
+                         "distribution (steps to KL <= 1e-10)"),
 }
 DEFAULT_REPORT_DIR = "bench-results"  # docs/bench holds the stored results the lessons read
 

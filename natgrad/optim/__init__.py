@@ -10,6 +10,10 @@
   Shampoo's blocks.
 * :mod:`natgrad.optim.muon` - ``MuonAdam``: ``torch.optim.Muon`` on hidden matrices with
   ``AdamW`` on the rest, as one optimizer.
+* :mod:`natgrad.optim.riemannian` - Riemannian optimization on geoopt: the Fisher-Rao
+  probability simplex as a ``geoopt.Manifold``, Euclidean-then-project baselines, and the
+  guard that refuses Euclidean optimizers on ``geoopt.ManifoldParameter`` s (imported on
+  its own, not re-exported here).
 * :mod:`natgrad.optim.linalg` - what they share: ``safe_eigh`` / ``robust_eigh`` /
   ``matrix_inverse_root`` (float64 retry, previous result kept) and the ``EventLog``.
 """

@@ -4,7 +4,9 @@
 offline), a deep autoencoder in the style of Martens & Grosse (2015) and a
 small classifier. ``natgrad.tasks.quadratic``: a quadratic with a
 Kronecker-structured Hessian whose skew (condition numbers) is a parameter,
-for comparing Shampoo's exponents.
+for comparing Shampoo's exponents. ``natgrad.tasks.manifolds`` and
+``natgrad.tasks.poincare``: toy problems on manifolds (top eigenvectors on the
+Stiefel manifold, a categorical fit on the simplex, a tree in the Poincare disk).
 """
 
 from natgrad.tasks.digits import (

@@ -87,3 +87,24 @@ def test_sharding_lab_spawns_ranks_from_the_real_server(server, page):
     assert page.locator('[data-testid="stException"]').count() == 0
     assert "lab stopped" not in page.content() and "The sharded run stopped" not in page.content()
     assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2
+
+
+def test_riemannian_labs_draw_in_the_real_browser(server, page):
+    """The 3-D sphere (WebGL) and the animated Poincare disks draw in Chromium; plain Adam's failure is told.
+    (Streamlit draws a chart when it scrolls into view.)"""
+    page.goto(f"{server['url']}/riemannian")
+    settle(page)
+    page.get_by_role("heading", name="Sources").wait_for()
+    page.get_by_text("Lab: Retraction vs exponential map").first.scroll_into_view_if_needed()
+    page.locator('[data-testid="stPlotlyChart"] .gl-container').first.wait_for(state="attached", timeout=30_000)  # WebGL
+    form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_text("Riemannian Adam learning rate"))
+    form.scroll_into_view_if_needed()
+    form.get_by_role("button", name="Train").click()
+    page.get_by_text("out of the disk", exact=False).first.wait_for(state="attached", timeout=180_000)
+    settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0 and "lab stopped" not in page.content()
+    page.get_by_role("tab", name="Adam (plain)").click()  # the run that leaves the disk
+    page.get_by_text("out of the disk", exact=False).first.scroll_into_view_if_needed()
+    disk = page.locator('[data-testid="stPlotlyChart"]:visible').filter(has=page.locator(".slider-container"))
+    disk.first.wait_for(timeout=30_000)  # the Poincare disk, animated with a slider
+    page.screenshot(path=str(server["db"].parent / "riemannian.png"))

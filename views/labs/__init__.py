@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from course.lessons import Lab
-from views.labs import damping, kfac, preconditioners, race, shampoo, sharding
+from views.labs import damping, hyperbolic, kfac, preconditioners, race, riemannian, shampoo, sharding
 
 LABS: dict[str, Callable[[Lab], None]] = {
     "fisher-blocks": kfac.fisher_blocks,
@@ -25,4 +25,8 @@ LABS: dict[str, Callable[[Lab], None]] = {
     "preconditioner-lab": preconditioners.preconditioner_lab,
     "muon-shampoo": preconditioners.muon_check,
     "optimizer-race": race.optimizer_race,
+    "retractions": riemannian.retractions,
+    "stiefel-practice": riemannian.stiefel_practice,
+    "simplex-natural-gradient": hyperbolic.simplex_fit,
+    "hyperbolic-embedding": hyperbolic.hyperbolic_embedding,
 }
