@@ -14,7 +14,9 @@ statistic and its inverse root per factor, so twice the factor memory.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +87,80 @@ def measure_eigh_seconds(dim: int, *, device: torch.device | str = "cpu", dtype=
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+@dataclass(frozen=True)
+class InversionTime:
+    name: str
+    size: int
+    seconds: float
+    measured: bool  # False: extrapolated from the fitted c·d³ law
+
+
+MEASURE_LADDER = (128, 256, 512, 1024)  # sizes timed to fit the cubic law when the asked sizes are too large
+FIT_FROM = 256  # smaller sizes are dominated by overheads, not by the d³ work
+
+
+def fit_cubic(sizes: Sequence[int], seconds: Sequence[float]) -> float:
+    """The constant ``c`` of ``t ≈ c·d³`` by least squares on measured points:
+    minimising ``Σ (t_i − c d_i³)²`` gives ``c = Σ t_i d_i³ / Σ d_i⁶`` (the largest sizes, the
+    ones closest to any extrapolation, weigh most)."""
+    if len(sizes) != len(seconds) or not sizes:
+        raise ValueError("need at least one (size, seconds) pair")
+    cubes = [float(d) ** 3 for d in sizes]
+    return sum(t * x for t, x in zip(seconds, cubes, strict=True)) / sum(x * x for x in cubes)
+
+
+def inversion_times(dims: Mapping[str, int], measure: Callable[[int], float | None] | None = None, *,
+                    max_dim: int = 2048, ladder: Sequence[int] = MEASURE_LADDER,
+                    fit_from: int = FIT_FROM) -> tuple[list[InversionTime], list[InversionTime], float]:
+    """Eigendecomposition seconds for each named size: measured where the size is at most
+    ``max_dim``, else extrapolated from ``c·d³`` fitted (:func:`fit_cubic`) to what was measured:
+    the asked sizes that fit and the ``ladder`` sizes up to ``max_dim`` (points below ``fit_from``
+    are left out of the fit when at least two larger ones exist).
+
+    ``measure(d)`` returns seconds (default: :func:`measure_eigh_seconds` on the CPU).
+    Returns ``(rows, ladder_rows, c)``: one row per asked size in order, the ladder points
+    measured for the fit, and the fitted constant."""
+    measure = measure or (lambda d: measure_eigh_seconds(d, max_dim=max_dim))
+    rows: list[InversionTime] = []
+    points: dict[int, float] = {}
+    for name, d in dims.items():
+        if d <= max_dim:
+            secs = points[d] if d in points else measure(d)
+            if secs is not None:
+                points[d] = secs
+                rows.append(InversionTime(name, d, secs, True))
+                continue
+        rows.append(InversionTime(name, d, math.nan, False))
+    ladder_rows = []
+    if any(not r.measured for r in rows):
+        for d in ladder:
+            if d <= max_dim and d not in points:
+                secs = measure(d)
+                if secs is not None:
+                    points[d] = secs
+                    ladder_rows.append(InversionTime(f"{d} x {d} (for the fit)", d, secs, True))
+    large = {d: t for d, t in points.items() if d >= fit_from}
+    used = large if len(large) >= 2 else points
+    c = fit_cubic(list(used), list(used.values())) if used else math.nan
+    rows = [r if r.measured else InversionTime(r.name, r.size, c * float(r.size) ** 3, False) for r in rows]
+    return rows, ladder_rows, c
+
+
+def human_seconds(s: float) -> str:
+    """A duration in the unit that reads best: "3.2 ms", "12 s", "4.1 hours", "3.5e+04 years"."""
+    if not math.isfinite(s):
+        return "n/a"
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if s >= size:
+            v = s / size
+            return f"{v:.3g} {unit}" if v < 1e4 else f"{v:.2e} {unit}"
+    if s >= 1:
+        return f"{s:.3g} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s * 1e6:.3g} µs"
 
 
 def human_bytes(n: float) -> str:
@@ -178,3 +254,99 @@ def shampoo_factor_costs(m: int, n: int, *, dtype: str = "float32", block_size: 
 def shampoo_blocks(m: int, n: int, block_size: int | None = None) -> int:
     """How many blocks an ``(m, n)`` matrix is cut into (``ceil(m/b) * ceil(n/b)``)."""
     return len(_split(m, block_size)) * len(_split(n, block_size))
+
+
+# Cholesky factorisation d^3/3 plus the inverse from it (cholesky_inverse) about 2d^3/3
+CHOLESKY_INVERSE_FLOPS = 1.0
+
+
+@dataclass(frozen=True)
+class KFACLayerCost:
+    """What one K-FAC layer of a model costs, per factor and per step.
+
+    ``rows``: rows of the factor statistics per batch (examples x output positions);
+    ``methods``: how A and G are inverted (``"eigh"``, or ``"cholesky"`` above
+    ``wide_factor_dim``); FLOPs per refresh and amortised per step over the schedules.
+    """
+
+    name: str
+    kind: str
+    a_dim: int
+    g_dim: int
+    rows: int
+    methods: tuple[str, str]
+    bytes: int  # A, G and their inverses (eigenvectors or inverse), in the given dtype
+    statistics_flops: tuple[float, float]  # one refresh of A, of G
+    invert_flops: tuple[float, float]
+    apply_flops: float  # per step: (G + .)^-1 grad (A + .)^-1
+    statistics_per_step: float  # both factors' statistics, amortised over their refresh intervals
+    inverses_per_step: float  # both inverses, amortised likewise
+
+    @property
+    def per_step_flops(self) -> float:
+        return self.statistics_per_step + self.inverses_per_step + self.apply_flops
+
+
+def kfac_layer_costs(model: torch.nn.Module, example_input: torch.Tensor, *, dtype: str = "float32",
+                     **schedule) -> list[KFACLayerCost]:
+    """Per-layer costs of :class:`natgrad.optim.KFAC` on ``model`` for batches like ``example_input``.
+
+    ``schedule`` may set ``factor_update_steps``, ``inverse_update_steps``, ``wide_factor_dim``
+    and ``wide_update_steps``; the rest come from K-FAC's defaults. A factor of dimension ``d``
+    built from ``r`` rows costs ``2 r d^2`` FLOPs (``X^T X``), its eigendecomposition
+    ``EIGH_FLOPS d^3`` and a wide factor's Cholesky inverse ``CHOLESKY_INVERSE_FLOPS d^3``;
+    preconditioning an ``(m, n)`` gradient costs ``2 (m^2 n + m n^2)``
+    (Martens & Grosse 2015, s. 4; :mod:`natgrad.optim.kfac.linalg`).
+    """
+    import inspect
+
+    from natgrad.optim.kfac.layers import find_layers
+    from natgrad.optim.kfac.optimizer import KFAC
+
+    defaults = {k: p.default for k, p in inspect.signature(KFAC.__init__).parameters.items()}
+    s = {k: schedule.get(k, defaults[k]) for k in ("factor_update_steps", "inverse_update_steps", "wide_factor_dim",
+                                                   "wide_update_steps")}
+    layers, _ = find_layers(model)
+    rows: dict[str, int] = {}
+
+    def count(name: str):
+        def hook(module, inputs, o: torch.Tensor) -> None:  # examples x positions: numel / channels
+            rows[name] = rows.get(name, 0) + o.numel() // (o.shape[1] if o.ndim == 4 else o.shape[-1])
+
+        return hook
+
+    hooks = [ly.module.register_forward_hook(count(ly.name)) for ly in layers]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    b = DTYPE_BYTES[dtype]
+    out = []
+    for ly in layers:
+        dims, r = (ly.in_dim, ly.out_dim), rows.get(ly.name, 0)
+        wide = [d > s["wide_factor_dim"] for d in dims]
+        methods = tuple("cholesky" if w else "eigh" for w in wide)
+        stats = tuple(2.0 * r * float(d) ** 2 for d in dims)
+        invert = tuple((CHOLESKY_INVERSE_FLOPS if w else EIGH_FLOPS) * float(d) ** 3 for d, w in zip(dims, wide,
+                                                                                                  strict=True))
+        m, n = ly.out_dim, ly.in_dim
+        apply = 2.0 * (float(m) ** 2 * n + m * float(n) ** 2)
+        stat_every = [s["wide_update_steps"] if w else s["factor_update_steps"] for w in wide]
+        inv_every = [s["wide_update_steps"] if w else s["inverse_update_steps"] for w in wide]
+        out.append(KFACLayerCost(ly.name, type(ly.module).__name__, n, m, r, methods, 2 * (n * n + m * m) * b,
+                                 stats, invert, apply, sum(x / k for x, k in zip(stats, stat_every, strict=True)),
+                                 sum(x / k for x, k in zip(invert, inv_every, strict=True))))
+    return out
+
+
+def kfac_task_costs(task: str, seed: int = 0) -> list[KFACLayerCost]:
+    """:func:`kfac_layer_costs` of a task of :data:`natgrad.experiments.TASKS` at its batch size
+    (the CNN's mini-batches of :data:`natgrad.tasks.digits.CNN_BATCH`, else the full batch)."""
+    from natgrad.experiments import make_task
+    from natgrad.tasks.digits import CNN_BATCH
+
+    t = make_task(task, seed, torch.device("cpu"), torch.float32)
+    x, _ = t.batch(CNN_BATCH if task == "digits-cnn" else None, torch.Generator().manual_seed(seed))
+    return kfac_layer_costs(t.model, x)

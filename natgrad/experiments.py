@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
-from natgrad.tasks import digits, manifolds, poincare, quadratic
+from natgrad.tasks import chars, digits, manifolds, poincare, quadratic, toy2d
 from natgrad.tasks.base import ObjectiveTask, Task
 
 DIVERGENCE_FACTOR = 1e3
@@ -40,6 +40,7 @@ class Spec:
     threads: int = 1  # CPU threads for torch; small models run fastest on one
     task_options: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs, e.g. kron-quadratic's condition
     eval_every: int | None = None  # also record the loss on the whole data set every this many steps
+    keep_model: bool = False  # also return the trained model's state_dict (Trajectory.model_state), e.g. to sample text
 
     @staticmethod
     def make(hparams: dict[str, Any] | None = None, task_options: dict[str, Any] | None = None, **kwargs) -> Spec:
@@ -65,6 +66,7 @@ class Trajectory:
     eval_seconds: list[float] = field(default_factory=list)
     status: str = "ok"  # "ok" | "diverged" | "stopped" | "error"
     message: str = ""
+    model_state: dict[str, torch.Tensor] | None = None  # with spec.keep_model: the model at the end, on the CPU
 
     @property
     def final_loss(self) -> float:
@@ -98,6 +100,8 @@ TASKS: dict[str, TaskBuilder] = {
     "stiefel-pca": manifolds.stiefel_pca_task,
     "simplex-kl": manifolds.simplex_kl_task,
     "poincare-tree": poincare.poincare_tree_task,
+    "lesson-chars": chars.chars_task,
+    "sophia-toy": toy2d.negative_curvature_task,
 }
 
 
@@ -154,6 +158,11 @@ def _adam(task, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0) -> 
 def _sgd(task, lr=0.1, momentum=0.9, weight_decay=0.0) -> Stepper:
     return TorchStepper(torch.optim.SGD(task.model.parameters(), lr=lr, momentum=momentum,
                                         weight_decay=weight_decay), task)
+
+
+def _adamw(task, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01) -> Stepper:
+    return TorchStepper(torch.optim.AdamW(task.model.parameters(), lr=lr, betas=(beta1, beta2), eps=eps,
+                                          weight_decay=weight_decay), task)
 
 
 def _shampoo(task, **hparams) -> Stepper:
@@ -223,6 +232,14 @@ def _projected_adam(task, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
                                       weight_decay=weight_decay), task)
 
 
+def _sophia(task, estimator="gnb", **hparams) -> Stepper:
+    from natgrad.optim import SophiaStepper
+
+    if isinstance(task, ObjectiveTask):  # no data, no likelihood: only Hutchinson's estimate applies
+        return SophiaStepper(task.model, None, None, estimator=estimator, **hparams)
+    return SophiaStepper(task.model, task.loss_fn, task.likelihood, estimator=estimator, **hparams)
+
+
 OptimizerBuilder = Callable[..., Stepper]  # (task, **hparams) -> Stepper; raises ValueError where it does not apply
 
 OPTIMIZERS: dict[str, OptimizerBuilder] = {
@@ -236,6 +253,8 @@ OPTIMIZERS: dict[str, OptimizerBuilder] = {
     "riemannian-adam": _riemannian_adam,  # geoopt (Becigneul & Ganea 2019)
     "projected-sgd": _projected_sgd,  # Euclidean step, then back onto the manifold
     "projected-adam": _projected_adam,
+    "adamw": _adamw,
+    "sophia": _sophia,
 }
 
 
@@ -328,6 +347,8 @@ def run(
     else:
         if spec.eval_every:
             _evaluate(task, traj, spec.steps, elapsed)
+    if spec.keep_model:
+        traj.model_state = {k: v.detach().to("cpu", copy=True) for k, v in task.model.state_dict().items()}
     for values in traj.extras.values():
         values.extend([None] * (len(traj.step) - len(values)))
     return traj

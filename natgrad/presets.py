@@ -16,10 +16,16 @@ from typing import Any
 # most. The step's cost is dominated by matrix products over the 1797 examples, so the
 # quadratic model's curvature terms use a random 512 of them per step (its gradient terms use
 # all) and the factors are refreshed every 2 steps: 33 -> 21 ms per step for about 3% more steps.
+# (factor_decay is per step: 0.5 ** 0.5 per step is the tuned 0.5 per refresh every 2 steps.)
 KFAC_BASE: dict[str, Any] = dict(
     fisher_type="true", pi_damping=True, adaptive_damping=True, damping_adaptation_interval=5,
-    step_size_rule="quadratic", momentum=0.9, factor_decay=0.5, factor_update_steps=2, inverse_update_steps=5,
+    step_size_rule="quadratic", momentum=0.9, factor_decay=0.5**0.5, factor_update_steps=2, inverse_update_steps=5,
     curvature_examples=512)
+
+# K-FAC per digits task, for the labs and the benchmark: the autoencoder keeps the preset it was
+# tuned with; the classifier and the CNN use the class defaults (safeguarded quadratic-model step).
+KFAC_TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "digits-autoencoder": KFAC_BASE, "digits-classifier": {}, "digits-cnn": {}}
 
 # Shampoo: epsilon relative to the largest eigenvalue, roots every 10 steps, Adam grafting.
 SHAMPOO_BASE: dict[str, Any] = dict(statistics="sum", epsilon=1e-4, epsilon_mode="relative",
@@ -31,6 +37,16 @@ SHAMPOO_BASE: dict[str, Any] = dict(statistics="sum", epsilon=1e-4, epsilon_mode
 SHAMPOO_CONFIGS: dict[str, dict[str, Any]] = {
     "prototype": dict(SHAMPOO_BASE, exponent_override=4),
     "half-power": dict(SHAMPOO_BASE, statistics="ema", beta2=0.99, graft_beta2=0.99, exponent_override=2),
+}
+# What the Shampoo benchmark adds to both families on each task (python -m natgrad.bench shampoo).
+# Biases take the Adam graft's step (on 1500-step probes the steps to each target did not change,
+# and a step is 5-15% cheaper). The CNN: kernels as (out, in*3*3) matrices (per-axis factors took
+# about the same steps), and the head's 2048 inputs in blocks of 128 (blocks of 256 took more steps
+# and were ~10% slower per step; 64 took more steps).
+SHAMPOO_TASK_SETTINGS: dict[str, dict[str, Any]] = {
+    "digits-autoencoder": dict(skip_preconditioning_rank_lt=2),
+    "digits-classifier": dict(skip_preconditioning_rank_lt=2),
+    "digits-cnn": dict(skip_preconditioning_rank_lt=2, tensors="matrix", max_preconditioner_dim=128),
 }
 SHAMPOO_LR = 3e-3  # a learning rate that trains the digits autoencoder well with SHAMPOO_BASE
 
@@ -58,6 +74,14 @@ MANIFOLD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       "projected-adam": dict(lr=0.01), "adam": dict(lr=0.01)},
     "simplex-kl": {"riemannian-sgd": dict(lr=0.5), "projected-sgd": dict(lr=0.1)},
 }
+# Sophia (Liu et al. 2023): the authors' betas and weight decay, the curvature estimate refreshed
+# every 10 steps, Gauss-Newton-Bartlett (Sophia-G). lr and rho as tuned on the character model
+# (lesson-chars) by python -m natgrad.bench sophia.
+SOPHIA_BASE: dict[str, Any] = dict(estimator="gnb", betas=(0.965, 0.99), weight_decay=0.1, update_period=10)
+SOPHIA_LR, SOPHIA_RHO = 1e-3, 0.3
+# AdamW as in GPT-2-style pre-training (betas (0.9, 0.95), weight decay 0.1): Sophia's baseline.
+ADAMW_BASE: dict[str, Any] = dict(beta1=0.9, beta2=0.95, weight_decay=0.1)
+ADAMW_LR = 3e-3
 
 PRESETS: dict[str, dict[str, Any]] = {
     "adam": dict(lr=1e-3),
@@ -70,4 +94,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "riemannian-adam": dict(lr=1e-3),
     "projected-sgd": dict(lr=1e-2),
     "projected-adam": dict(lr=1e-3),
+    "adamw": dict(ADAMW_BASE, lr=ADAMW_LR),
+    "sophia": dict(SOPHIA_BASE, lr=SOPHIA_LR, rho=SOPHIA_RHO),
 }

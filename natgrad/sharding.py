@@ -25,8 +25,6 @@ config injects either on purpose.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from natgrad.distributed import launch
+from natgrad.distributed import launch, report
 from natgrad.optim.shampoo.distributed import DistributedShampoo
 from natgrad.optim.shampoo.optimizer import Shampoo
 from natgrad.presets import SHAMPOO_BASE, SHAMPOO_LR
@@ -103,7 +101,7 @@ def _rank_device(cfg: ShardingConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def train_rank(rank: int, world_size: int, cfg: ShardingConfig, progress_queue=None) -> dict:
+def train_rank(rank: int, world_size: int, cfg: ShardingConfig) -> dict:
     """The data-parallel DistributedShampoo loop, run by every rank (module level so
     spawn can pickle it by name; also what ``torchrun`` runs through
     :mod:`natgrad.examples.shampoo_torchrun` and what the benchmark times).
@@ -119,8 +117,7 @@ def train_rank(rank: int, world_size: int, cfg: ShardingConfig, progress_queue=N
     X = _data(device)[rank::world_size]  # (DATA_SIZE / W, 64)
     model = cfg.make_model().to(device)
     opt = DistributedShampoo(model.named_parameters(), average_gradients=True, **cfg.shampoo_kwargs())
-    if progress_queue is not None:
-        progress_queue.put((rank, 0))
+    report(0)  # steps done so far, to the launcher (a no-op under torchrun)
     loss = torch.tensor(float("nan"))
     root0 = comm0 = 0.0
     t0 = time.perf_counter()
@@ -137,17 +134,17 @@ def train_rank(rank: int, world_size: int, cfg: ShardingConfig, progress_queue=N
         loss = autoencoder_loss(model(X), X)
         loss.backward()
         opt.step()
-        if progress_queue is not None and ((t + 1) % _PROGRESS_EVERY == 0 or t + 1 == cfg.warmup + cfg.steps):
-            progress_queue.put((rank, t + 1))
+        if (t + 1) % _PROGRESS_EVERY == 0 or t + 1 == cfg.warmup + cfg.steps:
+            report(t + 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    report = opt.rank_report()
-    report.update(params=[p.detach().cpu().clone() for p in model.parameters()], seconds=seconds,
+    out = opt.rank_report()
+    out.update(params=[p.detach().cpu().clone() for p in model.parameters()], seconds=seconds,
                   seconds_per_step=seconds / cfg.steps, root_seconds_per_step=(opt.root_seconds - root0) / cfg.steps,
                   comm_seconds_per_step=(opt.comm_seconds - comm0) / cfg.steps, shard_loss=float(loss.detach()),
                   steps=cfg.warmup + cfg.steps)
-    return report
+    return out
 
 
 def single_process(cfg: ShardingConfig) -> tuple[torch.nn.Sequential, Shampoo]:
@@ -193,65 +190,95 @@ def _full_loss(model: torch.nn.Module, params: list[torch.Tensor] | None = None)
         return float(autoencoder_loss(model(X), X))
 
 
+class ShardingBusy(RuntimeError):
+    """As many sharded runs as :data:`MAX_CONCURRENT_RUNS` are already going on in
+    this process (the app's server); the message says since when. Nothing was started."""
+
+
+MAX_CONCURRENT_RUNS = 1  # sharded runs at once in one process: each takes up to MAX_RANKS processes
+_HEARTBEAT_S = 0.5  # progress() is called at least this often, so a caller can interrupt from it
+_slots = threading.BoundedSemaphore(MAX_CONCURRENT_RUNS)
+_started: dict[int, float] = {}  # thread id -> when its run started (for ShardingBusy's message)
+_started_lock = threading.Lock()
+
+
+def running_since() -> list[float]:
+    """Seconds since each sharded run now going on in this process started."""
+    now = time.monotonic()
+    with _started_lock:
+        return sorted(now - t for t in _started.values())
+
+
 def run_sharded(cfg: ShardingConfig, progress: Callable[[float, str], None] | None = None,
                 timeout_s: float = 180.0, collective_timeout_s: float | None = None) -> ShardingResult:
     """Launch ``cfg.world_size`` (at most :data:`MAX_RANKS`) gloo ranks running
     :func:`train_rank`, then train the single-process reference and compare.
 
     ``progress(fraction, text)`` is called from the calling thread while the
-    ranks start and train (launching runs in a helper thread). Raises
-    :class:`natgrad.distributed.DistributedRunError` naming the rank when one
-    fails or hangs: its peers give up on it after ``collective_timeout_s``
-    (default :data:`COLLECTIVE_TIMEOUT_S`, or :data:`HANG_TIMEOUT_S` when
-    ``cfg.fault`` is "hang", so the demonstration is short).
+    ranks start and train, at least every 0.5 s. An exception it raises (a page
+    that is rerun or closed) ends every rank at once and propagates. Raises
+    :class:`ShardingBusy` when :data:`MAX_CONCURRENT_RUNS` runs are already going
+    on in this process, and :class:`natgrad.distributed.DistributedRunError`
+    naming the rank when one fails or hangs: its peers give up on it after
+    ``collective_timeout_s`` (default :data:`COLLECTIVE_TIMEOUT_S`, or
+    :data:`HANG_TIMEOUT_S` when ``cfg.fault`` is "hang", so the demonstration is short).
     """
     if collective_timeout_s is None:
         collective_timeout_s = HANG_TIMEOUT_S if cfg.fault == "hang" else COLLECTIVE_TIMEOUT_S
     W = cfg.world_size
     if W > MAX_RANKS:
         raise ValueError(f"this machine runs at most {MAX_RANKS} ranks, got {W}")
-    total_steps = cfg.warmup + cfg.steps
-    progress_queue = mp.get_context("spawn").Queue()
-    box: dict[str, Any] = {}
+    if not _slots.acquire(blocking=False):
+        ages = running_since()
+        since = f"; the {'latest' if len(ages) > 1 else 'current'} one started {ages[0]:.0f} s ago" if ages else ""
+        raise ShardingBusy(f"{MAX_CONCURRENT_RUNS} sharded run{'s are' if MAX_CONCURRENT_RUNS > 1 else ' is'} "
+                           f"already going on here{since}")
+    me = threading.get_ident()
+    with _started_lock:
+        _started[me] = time.monotonic()
+    try:
+        return _run(cfg, progress, timeout_s, collective_timeout_s)
+    finally:
+        with _started_lock:
+            _started.pop(me, None)
+        _slots.release()
 
-    def target() -> None:
-        try:
-            box["results"] = launch(train_rank, W, args=(cfg, progress_queue), timeout_s=timeout_s,
-                                    collective_timeout_s=collective_timeout_s)
-        except BaseException as exc:  # handed to the calling thread
-            box["error"] = exc
+
+def _run(cfg: ShardingConfig, progress: Callable[[float, str], None] | None, timeout_s: float,
+         collective_timeout_s: float) -> ShardingResult:
+    W = cfg.world_size
+    total_steps = cfg.warmup + cfg.steps
+    done: list[int | None] = [None] * W  # steps each rank reported (None: not started yet)
+    shown = {"at": time.monotonic(), "state": None}
+
+    def text() -> tuple[float, str]:
+        if not any(d is not None for d in done):
+            return 0.0, f"Starting {W} rank{'s' if W > 1 else ''} (new Python processes import torch) ..."
+        started = sum(d is not None for d in done)
+        trained = sum(d or 0 for d in done) / (W * total_steps)
+        return 0.1 + 0.8 * trained, (f"{started} of {W} ranks ready ..." if started < W else
+                                     f"Training: step {min(done)}/{total_steps} on the slowest rank")
+
+    def heartbeat() -> None:  # also when nothing changed, so the caller can interrupt the run
+        state = tuple(done)
+        if progress is not None and (state != shown["state"] or time.monotonic() - shown["at"] >= _HEARTBEAT_S):
+            shown.update(at=time.monotonic(), state=state)
+            progress(*text())
+
+    def on_message(rank: int, steps: int) -> None:
+        done[rank] = steps
+        heartbeat()
 
     t0 = time.perf_counter()
-    thread = threading.Thread(target=target, name="natgrad-sharding-launch", daemon=True)
-    thread.start()
-    done = [None] * W  # steps each rank reported (None: not started yet)
-    if progress is not None:
-        progress(0.0, f"Starting {W} rank{'s' if W > 1 else ''} (new Python processes import torch) ...")
-    while thread.is_alive():
-        thread.join(0.1)
-        changed = False
-        while True:
-            try:
-                rank, steps = progress_queue.get_nowait()
-            except (queue_mod.Empty, OSError, EOFError):
-                break
-            done[rank], changed = steps, True
-        if changed and progress is not None:
-            started = sum(d is not None for d in done)
-            trained = sum(d or 0 for d in done) / (W * total_steps)
-            text = (f"{started} of {W} ranks ready ..." if started < W else
-                    f"Training: step {min(done)}/{total_steps} on the slowest rank")
-            progress(0.1 + 0.8 * trained, text)
-    progress_queue.close()
-    if "error" in box:
-        raise box["error"]
+    heartbeat()
+    results = launch(train_rank, W, args=(cfg,), timeout_s=timeout_s, collective_timeout_s=collective_timeout_s,
+                     on_message=on_message, poll=heartbeat)
     launch_seconds = time.perf_counter() - t0
     if progress is not None:
         progress(0.92, "Training the single-process reference ...")
     torch.set_num_threads(1)  # as each rank, so the kernels match
     ref_model, ref_opt = single_process(cfg)
     ref_params = [p.detach() for p in ref_model.parameters()]
-    results = box["results"]
     diff = max(float((p - q).abs().max()) for r in results for p, q in zip(r["params"], ref_params, strict=True))
     loss = _full_loss(cfg.make_model(), results[0]["params"])
     reports = [{k: v for k, v in r.items() if k != "params"} for r in results]

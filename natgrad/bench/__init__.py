@@ -1,1 +1,1 @@
-"""Rerunnable benchmarks: ``python -m natgrad.bench {kfac,shampoo} [--quick] [--out FILE]``."""
+"""Rerunnable benchmarks: ``python -m natgrad.bench {kfac,shampoo,sophia} [--quick] [--out FILE]``."""

@@ -20,13 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-from natgrad.bench import kfac, shampoo, simplex, soap_muon
+from natgrad.bench import kfac, shampoo, simplex, soap_muon, sophia
 from natgrad.bench.report import flatten, write_csv, write_html
 
 BENCHES = {
-    "kfac": (kfac, "K-FAC vs tuned Adam on the digits autoencoder"),
-    "shampoo": (shampoo, "Shampoo vs tuned Adam on the digits autoencoder, time per step side by side with "
-                         "pytorch-optimizer's Shampoo, and DistributedShampoo on 1-3 gloo ranks (those on CPU)"),
+    "kfac": (kfac, "K-FAC vs tuned Adam on the digits autoencoder, MLP classifier and CNN"),
+    "shampoo": (shampoo, "Shampoo vs tuned Adam on the digits autoencoder, MLP classifier and CNN, time per step "
+                         "side by side (and with pytorch-optimizer's Shampoo), and DistributedShampoo on 1-3 gloo "
+                         "ranks (those on CPU)"),
+    "sophia": (sophia, "Sophia-G and Sophia-H vs tuned AdamW on the character-level transformer, time per step "
+                       "side by side at k = 10"),
     "soap-muon": (soap_muon, "SOAP and Muon vs tuned Adam on the digits tasks, time per step side by side with "
                              "heavyball's SOAP"),
     "simplex": (simplex, "the Fisher-Rao natural gradient vs projected gradient descent fitting a categorical "

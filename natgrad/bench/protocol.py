@@ -3,6 +3,7 @@ from tuned Adam, and measure steps and seconds to reach them."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import platform
@@ -26,19 +27,32 @@ class GridResult:
     trajectory: Trajectory = field(repr=False)
 
     def loss_at(self, step: int) -> float:
+        """The loss after ``step`` steps: the training loss recorded before update ``step - 1``
+        or, for runs with whole-data evaluations (``Spec.eval_every``), the last evaluation at or
+        before ``step``; inf when the run ended (diverged or stopped) before that."""
         t = self.trajectory
+        if t.eval_step:
+            if step > t.eval_step[-1]:
+                return math.inf
+            return t.eval_loss[bisect.bisect_right(t.eval_step, step) - 1]
         if step - 1 < len(t.loss):
             return t.loss[step - 1]
-        return math.inf  # diverged or stopped before this step
+        steps, losses, _ = t.curve()
+        return next(v for s, v in zip(reversed(steps), reversed(losses), strict=True) if s <= step)
 
 
 def grid(optimizer: str, grids: Sequence[dict], steps: int, task: str, device: str,
-         log: Callable[[str], None] = print, batch_size: int | None = None) -> list[GridResult]:
+         log: Callable[[str], None] = print, batch_size: int | None = None,
+         eval_every: int | None = None) -> list[GridResult]:
+    """One run per hyper-parameter dict; with ``eval_every`` the curves and final losses are
+    the whole-data losses of :meth:`natgrad.experiments.Trajectory.curve`."""
     out = []
     for hp in grids:
-        traj = run(Spec.make(hp, task=task, optimizer=optimizer, steps=steps, device=device, batch_size=batch_size))
+        traj = run(Spec.make(hp, task=task, optimizer=optimizer, steps=steps, device=device, batch_size=batch_size,
+                             eval_every=eval_every))
         sps = traj.seconds[-1] / len(traj.seconds) if traj.seconds else math.nan
-        res = GridResult(optimizer, hp, traj.final_loss, traj.status, sps, traj)
+        final = traj.curve()[1][-1] if traj.eval_step else traj.final_loss
+        res = GridResult(optimizer, hp, final, traj.status, sps, traj)
         log(f"  {optimizer:5s} {hp}: loss {res.final_loss:.4g} after {len(traj.loss)} steps "
             f"({traj.status}), {1e3 * sps:.2f} ms/step")
         out.append(res)
@@ -81,16 +95,16 @@ _ADAM_GRIDS: dict[tuple, list[GridResult]] = {}  # one per process and setting: 
 
 
 def adam_grid(p: dict, task: str, device: str, log: Callable[[str], None] = print,
-              batch_size: int | None = None) -> list[GridResult]:
+              batch_size: int | None = None, eval_every: int | None = None) -> list[GridResult]:
     """Adam on ``p["adam_lrs"]`` (from :func:`adam_protocol`), each for the longest horizon.
     Runs are deterministic, so a grid already run in this process is reused."""
     horizon = max(p["horizons"])
-    key = (tuple(p["adam_lrs"]), horizon, task, device, batch_size)
+    key = (tuple(p["adam_lrs"]), horizon, task, device, batch_size, eval_every)
     if key in _ADAM_GRIDS:
         log(f"Adam grid: {len(p['adam_lrs'])} learning rates x {horizon} steps (already run in this process)")
         return _ADAM_GRIDS[key]
     log(f"Adam grid: {len(p['adam_lrs'])} learning rates x {horizon} steps")
-    out = grid("adam", [{"lr": lr} for lr in p["adam_lrs"]], horizon, task, device, log, batch_size)
+    out = grid("adam", [{"lr": lr} for lr in p["adam_lrs"]], horizon, task, device, log, batch_size, eval_every)
     _ADAM_GRIDS[key] = out
     return out
 
@@ -102,14 +116,15 @@ def first_reach(traj: Trajectory, target: float) -> tuple[int | None, float | No
 
 def targets_vs_adam(adam: Sequence[GridResult], other: Sequence[GridResult], horizons: Sequence[int], *,
                     name: str, hparam: str, label: str, log: Callable[[str], None] = print,
-                    extra: Sequence[str] = ()) -> list[dict]:
+                    extra: Sequence[str] = (), baseline: str = "Adam") -> list[dict]:
     """One row per horizon ``h``: the target is the loss tuned Adam (best learning
     rate at ``h``) reaches after ``h`` steps; ``other`` is tuned per target (the
     grid point that gets there in the fewest steps; if none does, the one with
     the lowest final loss). Keys: ``adam_horizon, target, adam_lr, adam_steps,
     adam_seconds, {name}_{hparam}, {name}_steps, {name}_seconds, step_ratio,
     time_ratio`` (ratios Adam / other; None where other never reaches it), and
-    ``{name}_{key}`` for each hyper-parameter named in ``extra``."""
+    ``{name}_{key}`` for each hyper-parameter named in ``extra``. ``baseline`` names the
+    tuned grid ``adam`` in the log (e.g. "AdamW"); the keys stay ``adam_*``."""
     rows = []
     for h in horizons:
         a = best_at(adam, h)
@@ -126,7 +141,7 @@ def targets_vs_adam(adam: Sequence[GridResult], other: Sequence[GridResult], hor
                      f"{name}_seconds": o_secs, "step_ratio": (a_steps / o_steps) if o_steps else None,
                      "time_ratio": (a_secs / o_secs) if o_secs else None,
                      **{f"{name}_{k}": o.hparams.get(k) for k in extra}})
-        log(f"target {target:.4g} (tuned Adam @ {h}): Adam {a_steps} steps / {fmt(a_secs, '.2f')}s, "
+        log(f"target {target:.4g} (tuned {baseline} @ {h}): {baseline} {a_steps} steps / {fmt(a_secs, '.2f')}s, "
             f"{label} {o_steps} steps / {fmt(o_secs, '.2f')}s")
     return rows
 
@@ -149,15 +164,17 @@ def fmt(x, spec: str = ".3g") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def target_table(targets: Sequence[dict], name: str, label: str) -> list[str]:
-    """Report lines: steps and seconds to each target for Adam and ``label``, with ratios."""
+def target_table(targets: Sequence[dict], name: str, label: str, baseline: str = "Adam") -> list[str]:
+    """Report lines: steps and seconds to each target for ``baseline`` (the tuned grid the
+    targets come from, Adam by default) and ``label``, with ratios."""
     ws, wt = max(10, len(label) + 6), max(8, len(label) + 2)
-    lines = [f"{'target (Adam@steps)':>22} {'Adam steps':>10} {label + ' steps':>{ws}} {'ratio':>7} "
-             f"{'Adam s':>8} {label + ' s':>{wt}} {'ratio':>7}"]
+    wb, wbt = max(10, len(baseline) + 6), max(8, len(baseline) + 2)
+    lines = [f"{'target (' + baseline + '@steps)':>22} {baseline + ' steps':>{wb}} {label + ' steps':>{ws}} {'ratio':>7} "
+             f"{baseline + ' s':>{wbt}} {label + ' s':>{wt}} {'ratio':>7}"]
     for t in targets:
         lines.append(f"{fmt(t['target'], '.4g') + ' (@' + str(t['adam_horizon']) + ')':>22} "
-                     f"{fmt(t['adam_steps'], 'd'):>10} {fmt(t[name + '_steps'], 'd'):>{ws}} "
-                     f"{fmt(t['step_ratio'], '.1f'):>7} {fmt(t['adam_seconds'], '.2f'):>8} "
+                     f"{fmt(t['adam_steps'], 'd'):>{wb}} {fmt(t[name + '_steps'], 'd'):>{ws}} "
+                     f"{fmt(t['step_ratio'], '.1f'):>7} {fmt(t['adam_seconds'], '.2f'):>{wbt}} "
                      f"{fmt(t[name + '_seconds'], '.2f'):>{wt}} {fmt(t['time_ratio'], '.1f'):>7}")
     return lines
 
@@ -173,11 +190,11 @@ def comparison_lines(r: dict, name: str, label: str, setting: str, timing_note: 
 
 
 def curve(r: GridResult, points: int = 400) -> dict:
-    """At most ``points`` evenly spaced samples of a run's loss curve, for plots."""
-    t = r.trajectory
-    idx = sorted(set(np.linspace(0, len(t.loss) - 1, min(points, len(t.loss))).astype(int).tolist()))
-    return {"hparams": r.hparams, "step": [t.step[i] for i in idx], "loss": [t.loss[i] for i in idx],
-            "seconds": [t.seconds[i] for i in idx]}
+    """At most ``points`` evenly spaced samples of a run's loss curve (:meth:`Trajectory.curve`), for plots."""
+    steps, losses, seconds = r.trajectory.curve()
+    idx = sorted(set(np.linspace(0, len(losses) - 1, min(points, len(losses))).astype(int).tolist()))
+    return {"hparams": r.hparams, "step": [steps[i] for i in idx], "loss": [losses[i] for i in idx],
+            "seconds": [seconds[i] for i in idx]}
 
 
 def save(result: dict, path: str | Path) -> None:

@@ -1,18 +1,27 @@
-"""Shampoo against tuned Adam on the digits autoencoder.
+"""Shampoo against tuned Adam on three digits tasks: the autoencoder and the MLP
+classifier (full batch) and the small CNN (mini-batches of 256).
 
-1. Adam with 8 learning rates from 1e-4 to 3e-2 (``--quick``: 3e-3 and 1e-2),
-   each run for the longest horizon (5000 steps; ``--quick``: 300), full batch.
-2. Targets: the losses tuned Adam reaches after 500, 2000 and 5000 steps
-   (``--quick``: 50, 150, 300), tuned per horizon (best learning rate there).
-3. Shampoo in two families (natgrad.presets.SHAMPOO_CONFIGS: summed factors, epsilon 1e-4 x the largest
-   eigenvalue, roots every 10 steps, Adam grafting) on a small learning-rate
-   grid, each run for the longest horizon; steps and seconds to each target for
-   tuned Shampoo and tuned Adam, their ratios, and the loss after 3000 steps
-   (``--quick``: 200).
-4. Time per full training iteration (forward, backward, step) of Adam, this
-   Shampoo and pytorch-optimizer's ``Shampoo`` (if installed) on the same model
-   and data, measured side by side: blocks of 10 iterations (one root
-   computation each), the optimizers taking turns block by block, median.
+Per task (:data:`TASKS`; Adam's side, :func:`adam_side`, is the K-FAC benchmark's):
+
+1. Adam with 8 learning rates (``--quick``: 2-4), each run for the longest horizon.
+2. Targets: the losses tuned Adam reaches after 500, 2000 and 5000 steps (CNN:
+   250, 1000, 2000; ``--quick``: 50, 150, 300 and 50, 100), tuned per horizon
+   (best learning rate there). The CNN's losses are those on all 1797 digits,
+   evaluated every 10 steps (``Spec.eval_every``), not the mini-batch losses.
+3. Shampoo in two families (natgrad.presets.SHAMPOO_CONFIGS: epsilon 1e-4 x the
+   largest eigenvalue, roots every 10 steps, Adam grafting; -1/4 per factor with
+   summed statistics, or -1/2 per factor with EMA statistics), with the task's own
+   settings (natgrad.presets.SHAMPOO_TASK_SETTINGS: biases left to the graft; how
+   the CNN's kernels and 2048-wide head are preconditioned), on a learning-rate
+   grid per family (:data:`SHAMPOO_LRS`, plus :data:`SHAMPOO_VARIANTS`), each run
+   for the longest horizon; steps and seconds to each target for tuned Shampoo and
+   tuned Adam, their ratios, every grid point's steps to each target, and both
+   losses at ``compare_at``.
+4. Time per training iteration (forward, backward, step) of Adam and the Shampoo
+   setting that reached the hardest target first, side by side: blocks of 10
+   iterations (one root computation each), the optimizers taking turns, median.
+   On the autoencoder also pytorch-optimizer's ``Shampoo`` (if installed) and ours
+   doing the same work.
 5. DistributedShampoo on W = 1, 2, 3 gloo ranks (``--quick``: 2) (data parallel, blocks of at
    most 64 per dimension): preconditioner bytes per rank against total / W,
    time per step, and the largest parameter difference from single-process
@@ -24,173 +33,135 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import torch
+import numpy as np
 
 from natgrad.bench.protocol import (
     adam_grid,
     adam_protocol,
     best_at,
     compare_at,
-    comparison_lines,
     curve,
-    fmt,
     grid,
     load,
     machine,
     median_seconds_per_step,
     save,
-    target_table,
     targets_vs_adam,
     to_jsonable,
 )
-from natgrad.bench.timing import side_by_side
-from natgrad.presets import SHAMPOO_BASE, SHAMPOO_CONFIGS, SHAMPOO_LR
+from natgrad.bench.shampoo_report import TASK_NAMES as TASKS
+from natgrad.bench.shampoo_report import report
+from natgrad.bench.shampoo_timing import SAME_WORK, SAME_WORK_CONFIG, optimizers_for_timing, time_per_step
+from natgrad.presets import SHAMPOO_BASE, SHAMPOO_CONFIGS, SHAMPOO_LR, SHAMPOO_TASK_SETTINGS
 from natgrad.sharding import MODELS, ShardingConfig, run_sharded
-from natgrad.tasks.base import Task
-from natgrad.tasks.digits import AUTOENCODER_WIDTHS, autoencoder_loss, digits_autoencoder, load_digits_tensors
+from natgrad.tasks.digits import CNN_BATCH
 
-__all__ = ["benchmark", "report", "save", "load", "time_per_step", "sharded"]
+__all__ = ["benchmark", "report", "save", "load", "time_per_step", "sharded", "SAME_WORK", "SAME_WORK_CONFIG",
+           "optimizers_for_timing", "protocol", "goals", "TASKS"]
 
-TASK = "digits-autoencoder"
-# On 2000-3000-step probes the "half-power" family (natgrad.presets.SHAMPOO_CONFIGS) reached tuned
-# Adam's 5000-step loss in about 1240-1340 steps where the prototype needed about 2470 (Adam with
-# beta2 0.99 instead of 0.999 does not gain: 0.169 after 2500 steps).
-CONFIG_KEYS = ("exponent_override", "statistics")  # what tells the two families apart in the report
+# Shampoo's learning rates per task and family (full protocol, quick protocol). Autoencoder: on
+# 2000-3000-step probes "half-power" reached tuned Adam's 5000-step loss in about 1240-1340 steps
+# where "prototype" needed about 2470 (Adam with beta2 0.99 instead of 0.999 does not gain).
+# Classifier and CNN: "half-power" kept gaining up to lr 0.1 on 1000-2500-step probes.
+SHAMPOO_LRS: dict[str, tuple[dict[str, list[float]], dict[str, list[float]]]] = {
+    "digits-autoencoder": ({"prototype": [3e-3, 4.5e-3, 7e-3, 1e-2], "half-power": [5e-3, 7e-3, 1e-2]},
+                           {"prototype": [7e-3], "half-power": [7e-3]}),
+    "digits-classifier": ({"prototype": [1e-2, 3e-2, 1e-1], "half-power": [3e-2, 6e-2, 1e-1, 2e-1]},
+                          {"prototype": [3e-2], "half-power": [1e-1]}),
+    "digits-cnn": ({"prototype": [1e-2, 3e-2], "half-power": [1e-2, 3e-2, 1e-1]},
+                   {"prototype": [3e-2], "half-power": [3e-2]}),
+}
+# Further grid points (family, lr, settings replacing the task's): on the CNN, per-axis factors for
+# the kernels next to the reshaped matrices, so the report shows what the layout changes.
+SHAMPOO_VARIANTS: dict[str, list[tuple[str, float, dict]]] = {
+    "digits-cnn": [("half-power", 3e-2, dict(tensors="modes"))],
+}
+CONFIG_KEYS = ("exponent_override", "statistics", "tensors")  # what tells the grid's points apart in the report
 SHARDED_BLOCK = 64  # max_preconditioner_dim in the sharded run: the 128-wide layers become 64-wide blocks
 GOALS = dict(step_ratio=3.0, time_ratio=2.5, adam_per_step=2.0, memory_balance=1.25)
 
 
-def protocol(quick: bool) -> dict:
-    p = adam_protocol(quick)
-    if quick:
-        p.update(shampoo_lrs={"prototype": [7e-3], "half-power": [7e-3]}, timing_blocks=4, sharded_steps=10,
-                 sharded_models=["autoencoder"], world_sizes=[2])
-    else:
-        p.update(shampoo_lrs={"prototype": [3e-3, 4.5e-3, 7e-3, 1e-2], "half-power": [5e-3, 7e-3, 1e-2]},
-                 timing_blocks=20, sharded_steps=200,
-                 sharded_models=["autoencoder", "wide-mlp"])
-    p.setdefault("world_sizes", [1, 2, 3])
-    p.update(shampoo_steps=max(p["horizons"]), shampoo_configs=SHAMPOO_CONFIGS,
-             sharded_max_preconditioner_dim=SHARDED_BLOCK)
+def adam_side(task: str, quick: bool) -> dict:
+    """Adam's learning rates, the horizons (targets), ``compare_at``, ``batch_size`` and
+    ``eval_every`` on ``task``: :func:`~natgrad.bench.protocol.adam_protocol` on the
+    autoencoder; on the classifier and the CNN, whose best Adam learning rate is 3e-2
+    to 6e-2 on probes (beyond that grid's 3e-2), 8 rates from 3e-4 to 0.1, and on the
+    CNN shorter horizons, as the K-FAC benchmark has them."""
+    p = dict(adam_protocol(quick), batch_size=None, eval_every=None)
+    wide = [float(x) for x in np.geomspace(3e-4, 1e-1, 8)]
+    if task == "digits-classifier":
+        p.update(adam_lrs=[1e-2, 3e-2, 1e-1] if quick else wide)
+    elif task == "digits-cnn":
+        p.update(batch_size=CNN_BATCH, eval_every=10, adam_lrs=[3e-3, 1e-2] if quick else wide,
+                 horizons=[50, 100] if quick else [250, 1000, 2000], compare_at=100 if quick else 1000)
     return p
 
 
-def benchmark(quick: bool = False, device: str = "cpu", log: Callable[[str], None] = print) -> dict:
-    p = protocol(quick)
-    adam = adam_grid(p, TASK, device, log)
-    points = [dict(SHAMPOO_CONFIGS[family], lr=lr) for family, lrs in p["shampoo_lrs"].items() for lr in lrs]
-    log(f"Shampoo grid: {len(points)} (configuration, learning rate) pairs x {p['shampoo_steps']} steps")
-    shampoo = grid("shampoo", points, p["shampoo_steps"], TASK, device, log)
-    targets = targets_vs_adam(adam, shampoo, p["horizons"], name="shampoo", hparam="lr", label="Shampoo", log=log,
-                              extra=CONFIG_KEYS)
-    compare = compare_at(adam, shampoo, p["compare_at"], name="shampoo", hparam="lr", extra=CONFIG_KEYS)
-    adam_sps, shampoo_sps = median_seconds_per_step(adam), median_seconds_per_step(shampoo)
+def task_protocol(task: str, quick: bool) -> dict:
+    """:func:`adam_side` for ``task`` plus Shampoo's grid: ``shampoo_lrs`` per family,
+    ``shampoo_settings`` (added to every point), ``shampoo_variants`` and ``shampoo_steps``."""
+    p = adam_side(task, quick)
+    p.update(shampoo_lrs=SHAMPOO_LRS[task][1 if quick else 0], shampoo_settings=SHAMPOO_TASK_SETTINGS.get(task, {}),
+             shampoo_variants=[] if quick else SHAMPOO_VARIANTS.get(task, []), shampoo_steps=max(p["horizons"]))
+    return p
 
-    log(f"time per iteration, side by side: {p['timing_blocks']} blocks of 10 per optimizer")
-    timing = time_per_step(blocks=p["timing_blocks"], lr=compare["shampoo_lr"], device=device)
-    log(_timing_line(timing))
+
+def protocol(quick: bool) -> dict:
+    p = dict(tasks={task: task_protocol(task, quick) for task in TASKS}, shampoo_configs=SHAMPOO_CONFIGS,
+             world_sizes=[2] if quick else [1, 2, 3], sharded_max_preconditioner_dim=SHARDED_BLOCK)
+    if quick:  # small enough for the whole suite to run in minutes
+        p.update(timing_blocks=4, sharded_steps=10, sharded_models=["autoencoder"])
+    else:
+        p.update(timing_blocks=20, sharded_steps=200, sharded_models=["autoencoder", "wide-mlp"])
+    return p
+
+
+def benchmark(quick: bool = False, device: str = "cpu", log: Callable[[str], None] = print,
+              tasks: tuple[str, ...] | None = None) -> dict:
+    """The whole protocol (module docstring) on ``tasks`` (default: all of :data:`TASKS`)."""
+    p = protocol(quick)
+    results = {}
+    for task in tasks or TASKS:
+        log(f"== {TASKS[task]} ({task})")
+        results[task] = run_task(task, p["tasks"][task], p["timing_blocks"], device, log)
     sharded_runs = []
     for model in p["sharded_models"]:
         for w in p["world_sizes"]:
             log(f"sharded: {MODELS[model][0]}, W = {w}, {p['sharded_steps']} steps")
             sharded_runs.append(dict(model=MODELS[model][0], **sharded(w, model=model, steps=p["sharded_steps"])))
-    result = dict(
-        quick=quick, device=device, machine=machine(), protocol=p, targets=targets, compare=compare,
-        adam_seconds_per_step=adam_sps, shampoo_seconds_per_step=shampoo_sps,
-        time_per_step_ratio=shampoo_sps / adam_sps, timing=timing, sharded=sharded_runs,
-        adam_grid=adam, shampoo_grid=shampoo,
-        curves={"Adam": curve(best_at(adam, p["shampoo_steps"])), "Shampoo": curve(best_at(shampoo, p["shampoo_steps"]))},
-    )
+    first = next(iter(results.values()))
+    result = dict(quick=quick, device=device, machine=machine(), protocol=p, tasks=results, sharded=sharded_runs,
+                  curves=first["curves"])  # the labs plot the first task's tuned curves
     result["goals"] = goals(result)
     return to_jsonable(result)
 
 
-# ------------------------------------------------------------ side-by-side timing
-def _their_shampoo() -> tuple[Callable | None, str]:
-    """pytorch-optimizer's Shampoo class (an optional test oracle) and its version, or (None, why)."""
-    try:
-        from pytorch_optimizer import Shampoo as TheirShampoo
-    except ImportError:
-        return None, "not installed"
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return TheirShampoo, f"pytorch_optimizer {version('pytorch_optimizer')}"
-    except PackageNotFoundError:
-        return TheirShampoo, "pytorch_optimizer"
-
-
-SAME_WORK = "natgrad Shampoo, same work"  # configured to do what pytorch-optimizer's Shampoo does
-# pytorch-optimizer's Shampoo(preconditioning_compute_steps=10, matrix_eps=1e-4) in our terms
-# (tests/natgrad/test_bench_shampoo.py checks that the two take the same steps)
-SAME_WORK_CONFIG = dict(beta1=0.0, grafting=None, statistics="sum", epsilon=1e-4, epsilon_mode="absolute",
-                        precondition_frequency=10)
-
-
-def optimizers_for_timing(lr: float, their_lr: float = 1e-3) -> dict[str, Callable[[torch.nn.Module], torch.optim.Optimizer]]:
-    """Factories of the optimizers timed side by side (theirs only when installed).
-
-    "natgrad Shampoo" is the benchmark's configuration (:data:`SHAMPOO_BASE`:
-    Adam grafting, first moment with beta1 0.9, relative epsilon).
-    pytorch-optimizer's ``Shampoo`` is configured like ours where it can be:
-    roots every 10 steps (``preconditioning_compute_steps``), statistics summed
-    from ``matrix_eps * I`` with ``matrix_eps = 1e-4``, exponent -1/4 for
-    matrices, no momentum. It has no grafting and no first moment, computes
-    roots by SVD, and gives biases a full d x d factor where ours keeps a
-    diagonal. Without grafting its steps are larger: it diverges on this model
-    from lr 1e-2, so it gets its own ``their_lr``.
-
-    To compare the implementations on equal work, :data:`SAME_WORK` is ours
-    configured as theirs: no grafting, no first moment, absolute epsilon 1e-4
-    (that is, roots of ``S + 1e-4 I`` as theirs), summed statistics, roots every
-    10 steps, at ``their_lr``.
-    """
-    from natgrad.optim import Shampoo
-
-    out = {
-        "Adam": lambda m: torch.optim.Adam(m.parameters(), lr=lr),
-        "natgrad Shampoo": lambda m: Shampoo(m.named_parameters(), lr=lr, **SHAMPOO_BASE),
-    }
-    theirs, _ = _their_shampoo()
-    if theirs is not None:
-        out["pytorch-optimizer Shampoo"] = lambda m: theirs(m.parameters(), lr=their_lr, preconditioning_compute_steps=10,
-                                                            matrix_eps=1e-4)
-        out[SAME_WORK] = lambda m: Shampoo(m.named_parameters(), lr=their_lr, start_preconditioning_step=1,
-                                           **SAME_WORK_CONFIG)
-    return out
-
-
-def time_per_step(blocks: int = 20, block: int = 10, warmup_blocks: int = 2, lr: float = 3e-3,
-                  their_lr: float = 1e-3, widths: tuple[int, ...] = AUTOENCODER_WIDTHS, device: str = "cpu",
-                  threads: int = 1) -> dict:
-    """Median seconds per training iteration (forward, backward, step; full batch)
-    of each optimizer in :func:`optimizers_for_timing`, side by side
-    (:func:`natgrad.bench.timing.side_by_side`) on a digits autoencoder of ``widths``.
-
-    Returns :func:`~natgrad.bench.timing.side_by_side`'s numbers plus ``theirs``
-    (version or "not installed"), ``lr``, ``their_lr``, ``ours_vs_adam``,
-    ``ours_vs_theirs`` and ``same_work_vs_theirs`` (ratios of medians; the last
-    two None without theirs).
-    """
-    X, _ = load_digits_tensors(device=device)
-
-    def make_task() -> Task:
-        return Task(digits_autoencoder(seed=0, widths=widths).to(device), X, X, autoencoder_loss, "gaussian")
-
-    t = side_by_side(optimizers_for_timing(lr, their_lr), make_task, blocks=blocks, block=block,
-                     warmup_blocks=warmup_blocks, threads=threads)
-    med = t["seconds_per_step"]
-    theirs = med.get("pytorch-optimizer Shampoo")
-    return dict(t, theirs=_their_shampoo()[1], lr=lr, their_lr=their_lr,
-                ours_vs_adam=med["natgrad Shampoo"] / med["Adam"],
-                ours_vs_theirs=None if theirs is None else med["natgrad Shampoo"] / theirs,
-                same_work_vs_theirs=None if theirs is None else med[SAME_WORK] / theirs)
-
-
-def _timing_line(t: dict) -> str:
-    parts = [f"{n} {1e3 * s:.2f} ms" for n, s in t["seconds_per_step"].items()]
-    return "  " + ", ".join(parts) + ("" if "pytorch-optimizer Shampoo" in t["seconds_per_step"]
-                                      else f"; pytorch-optimizer Shampoo: {t['theirs']}")
+def run_task(task: str, p: dict, timing_blocks: int, device: str, log: Callable[[str], None] = print) -> dict:
+    """Grids, targets, comparison and side-by-side timing on one task (steps 1-4)."""
+    adam = adam_grid(p, task, device, log, p["batch_size"], p["eval_every"])
+    points = [dict(SHAMPOO_CONFIGS[family], **p["shampoo_settings"], lr=lr)
+              for family, lrs in p["shampoo_lrs"].items() for lr in lrs]
+    points += [dict(SHAMPOO_CONFIGS[family], **(p["shampoo_settings"] | settings), lr=lr)
+               for family, lr, settings in p["shampoo_variants"]]
+    log(f"Shampoo grid: {len(points)} (configuration, learning rate) pairs x {p['shampoo_steps']} steps")
+    shampoo = grid("shampoo", points, p["shampoo_steps"], task, device, log, p["batch_size"], p["eval_every"])
+    targets = targets_vs_adam(adam, shampoo, p["horizons"], name="shampoo", hparam="lr", label="Shampoo", log=log,
+                              extra=CONFIG_KEYS)
+    compare = compare_at(adam, shampoo, p["compare_at"], name="shampoo", hparam="lr", extra=CONFIG_KEYS)
+    adam_sps, shampoo_sps = median_seconds_per_step(adam), median_seconds_per_step(shampoo)
+    hard = targets[-1]
+    winner = next(g.hparams for g in shampoo if g.hparams["lr"] == hard["shampoo_lr"]
+                  and all(g.hparams.get(k) == hard[f"shampoo_{k}"] for k in CONFIG_KEYS))
+    log(f"time per iteration, side by side: {timing_blocks} blocks of 10 per optimizer")
+    timing = time_per_step(blocks=timing_blocks, lr=winner["lr"], adam_lr=hard["adam_lr"], device=device, task=task,
+                           settings={k: v for k, v in winner.items() if k != "lr"}, batch_size=p["batch_size"])
+    log("  " + ", ".join(f"{n} {1e3 * s:.2f} ms" for n, s in timing["seconds_per_step"].items()))
+    horizon = max(p["horizons"])
+    reach = [[g.trajectory.steps_to(t["target"]) for t in targets] for g in shampoo]  # per grid point, per target
+    return dict(protocol=p, targets=targets, compare=compare, adam_seconds_per_step=adam_sps,
+                shampoo_seconds_per_step=shampoo_sps, time_per_step_ratio=shampoo_sps / adam_sps, timing=timing,
+                adam_grid=adam, shampoo_grid=shampoo, shampoo_steps_to_targets=reach,
+                curves={"Adam": curve(best_at(adam, horizon)), "Shampoo": curve(best_at(shampoo, horizon))})
 
 
 # ------------------------------------------------------------------ sharded run
@@ -220,80 +191,29 @@ def sharded(world_size: int, model: str = "autoencoder", steps: int = 200, warmu
                 seconds_per_step=max(r["seconds_per_step"] for r in ranks), max_abs_diff=res.max_abs_diff)
 
 
-# ----------------------------------------------------------------------- report
+# ------------------------------------------------------------------------ goals
 def goals(r: dict) -> list[dict]:
     """The benchmark's goals, each with what was measured and whether it was met."""
-    hard = r["targets"][-1]
-    t = r["timing"]
-    out = [
-        dict(goal=f"Shampoo >= {GOALS['step_ratio']:g}x fewer steps than tuned Adam at the hardest target",
-             value=hard["step_ratio"], met=hard["step_ratio"] is not None and hard["step_ratio"] >= GOALS["step_ratio"]),
-        dict(goal=f"Shampoo >= {GOALS['time_ratio']:g}x less wall-clock than tuned Adam at the hardest target",
-             value=hard["time_ratio"], met=hard["time_ratio"] is not None and hard["time_ratio"] >= GOALS["time_ratio"]),
-        dict(goal=f"time per step (roots every 10) within {GOALS['adam_per_step']:g}x of Adam's (side by side)",
-             value=t["ours_vs_adam"], met=t["ours_vs_adam"] <= GOALS["adam_per_step"]),
-        dict(goal="faster per step than pytorch-optimizer's Shampoo doing the same work (no grafting, no first "
-                  "moment; ours / theirs < 1)",
-             value=t.get("same_work_vs_theirs"),
-             met=None if t.get("same_work_vs_theirs") is None else t["same_work_vs_theirs"] < 1),
-    ]
+    out = []
+    for task, tr in r["tasks"].items():
+        hard, t, name = tr["targets"][-1], tr["timing"], TASKS.get(task, task)
+        out += [
+            dict(goal=f"{name}: Shampoo >= {GOALS['step_ratio']:g}x fewer steps than tuned Adam at the hardest target",
+                 value=hard["step_ratio"],
+                 met=hard["step_ratio"] is not None and hard["step_ratio"] >= GOALS["step_ratio"]),
+            dict(goal=f"{name}: Shampoo >= {GOALS['time_ratio']:g}x less wall-clock than tuned Adam at the hardest "
+                      "target", value=hard["time_ratio"],
+                 met=hard["time_ratio"] is not None and hard["time_ratio"] >= GOALS["time_ratio"]),
+            dict(goal=f"{name}: time per step (roots every 10) within {GOALS['adam_per_step']:g}x of Adam's "
+                      "(side by side)", value=t["ours_vs_adam"], met=t["ours_vs_adam"] <= GOALS["adam_per_step"]),
+        ]
+        if t.get("theirs") != "not timed":
+            out.append(dict(goal=f"{name}: faster per step than pytorch-optimizer's Shampoo doing the same work (no "
+                                 "grafting, no first moment; ours / theirs < 1)", value=t.get("same_work_vs_theirs"),
+                            met=None if t.get("same_work_vs_theirs") is None else t["same_work_vs_theirs"] < 1))
     for s in r["sharded"]:
         if s["world_size"] > 1:
             out.append(dict(goal=f"{s.get('model', 'model')}, W = {s['world_size']}: max per-rank preconditioner "
                                  f"bytes <= {GOALS['memory_balance']:g} x total / W",
                             value=s["balance"], met=s["balance"] <= GOALS["memory_balance"]))
     return out
-
-
-def _family(d: dict, prefix: str = "") -> str:
-    """"-1/4 per factor, sum statistics" from a configuration (or a row with prefixed keys)."""
-    p, stats = d.get(prefix + "exponent_override"), d.get(prefix + "statistics")
-    return f"-1/{p:g} per factor, {stats} statistics" if p is not None else "n/a"
-
-
-def _x(v) -> str:
-    return fmt(v, ".2f") + "x" if v is not None else "n/a"
-
-
-def report(r: dict) -> str:
-    p = r["protocol"]
-    lines = [f"Shampoo vs tuned Adam, digits autoencoder, full batch ({'quick' if r['quick'] else 'full'} protocol, "
-             f"{r['device']}, torch {r['machine']['torch']}, {r['machine']['threads']} thread(s))",
-             "Shampoo: epsilon 1e-4 x largest eigenvalue, roots every 10 steps, Adam grafting, tuned over",
-             *[f"  {family}: {_family(cfg)}; lr {', '.join(f'{x:g}' for x in p['shampoo_lrs'][family])}"
-               for family, cfg in p["shampoo_configs"].items()],
-             f"Adam lr grid {', '.join(f'{x:.2g}' for x in p['adam_lrs'])}", ""]
-    lines += target_table(r["targets"], "shampoo", "Shampoo")
-    lines += [f"  Shampoo at the target of Adam@{t['adam_horizon']}: {_family(t, 'shampoo_')}, lr {t['shampoo_lr']:g}"
-              for t in r["targets"]]
-    c = r["compare"]
-    lines += ["", *comparison_lines(r, "shampoo", "Shampoo", f"{_family(c, 'shampoo_')}, lr {c['shampoo_lr']:g}",
-                                    " in the grids (medians)")]
-    t = r["timing"]
-    lines += ["", f"Time per training iteration (forward + backward + step, full batch), side by side: median of "
-              f"{t['blocks']} interleaved blocks of {t['block']} iterations, lr {t['lr']:g} (pytorch-optimizer: {t['their_lr']:g}), {t['threads']} thread(s)"]
-    adam = t["seconds_per_step"]["Adam"]
-    for name, s in t["seconds_per_step"].items():
-        lines.append(f"  {name:30s} {1e3 * s:7.2f} ms  ({s / adam:.2f}x Adam), last loss "
-                     f"{fmt(t['final_loss'][name], '.4g')}")
-    if "pytorch-optimizer Shampoo" not in t["seconds_per_step"]:
-        lines.append(f"  {'pytorch-optimizer Shampoo':30s} {t['theirs']}")
-    else:
-        same = t.get("same_work_vs_theirs")
-        lines.append(f"  natgrad / pytorch-optimizer ({t['theirs']}): {_x(same)} on the same work (no grafting, no "
-                     f"first moment), {t['ours_vs_theirs']:.2f}x with our Adam grafting and first moment")
-    if r["sharded"]:
-        lines += ["", f"Sharded DistributedShampoo (gloo, data parallel, averaged gradients, max_preconditioner_dim "
-                      f"{r['sharded'][0]['max_preconditioner_dim']}, {r['sharded'][0]['steps']} timed steps, {r['sharded'][0].get('cpus', '?')} CPU cores, 1 thread per rank)",
-                  f"  {'model':20s} {'W':>2} {'total KiB':>9} {'per-rank KiB':>22} {'max/(tot/W)':>11} "
-                  f"{'ms/step':>8} {'roots ms':>8} {'comm ms':>8} {'max|diff|':>9}"]
-        for s in r["sharded"]:
-            per = " ".join(f"{o['preconditioner_bytes'] / 1024:.0f}" for o in s["ranks"])
-            lines.append(f"  {s.get('model', ''):20s} {s['world_size']:>2} {s['total_bytes'] / 1024:9.0f} {per:>22} "
-                         f"{s['balance']:11.3f} {1e3 * s['seconds_per_step']:8.2f} "
-                         f"{1e3 * max(o['root_seconds_per_step'] for o in s['ranks']):8.2f} "
-                         f"{1e3 * max(o['comm_seconds_per_step'] for o in s['ranks']):8.2f} {s['max_abs_diff']:9.2g}")
-    lines += ["", "Goals:"]
-    for g in r.get("goals", []):
-        lines.append(f"  {g['goal']}: measured {_x(g['value'])}")
-    return "\n".join(lines)

@@ -14,6 +14,9 @@
   probability simplex as a ``geoopt.Manifold``, Euclidean-then-project baselines, and the
   guard that refuses Euclidean optimizers on ``geoopt.ManifoldParameter`` s (imported on
   its own, not re-exported here).
+* :mod:`natgrad.optim.sophia` - ``Sophia``: momentum over an EMA of a diagonal Hessian
+  estimate (Gauss-Newton-Bartlett or Hutchinson), clipped per coordinate; ``SophiaStepper``
+  drives it on a task.
 * :mod:`natgrad.optim.linalg` - what they share: ``safe_eigh`` / ``robust_eigh`` /
   ``matrix_inverse_root`` (float64 retry, previous result kept) and the ``EventLog``.
 """
@@ -23,6 +26,7 @@ from natgrad.optim.linalg import Event, EventLog, RootComputationError, matrix_i
 from natgrad.optim.muon import MuonAdam
 from natgrad.optim.shampoo import DistributedShampoo, Shampoo
 from natgrad.optim.soap import SOAP
+from natgrad.optim.sophia import Sophia, SophiaStepper
 
 __all__ = [
     "KFAC",
@@ -34,6 +38,8 @@ __all__ = [
     "RootComputationError",
     "SOAP",
     "Shampoo",
+    "Sophia",
+    "SophiaStepper",
     "ggn_vp",
     "levenberg_marquardt",
     "lm_omega",

@@ -100,8 +100,9 @@ def digits_classifier(
 def digits_cnn(seed: int = 0, channels: Sequence[int] = CNN_CHANNELS) -> nn.Sequential:
     """A small convnet for the 8x8 digits: two 3x3 convolutions (padding 1, ReLU) and a
     linear head on the flattened feature map (``channels[-1] * 64`` inputs: 2048 by
-    default) to 10 logits. Input (B, 64) pixel rows or (B, 1, 8, 8) images."""
-    layers: list[nn.Module] = [nn.Unflatten(1, (1, 8, 8))]
+    default) to 10 logits. Input (B, 64) pixel rows or (B, 1, 8, 8) images. A plain
+    ``nn.Sequential`` (its first module only reshapes), so optimizers can walk its layers."""
+    layers: list[nn.Module] = [_AsImage()]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         c_in = 1
@@ -109,16 +110,14 @@ def digits_cnn(seed: int = 0, channels: Sequence[int] = CNN_CHANNELS) -> nn.Sequ
             layers += [nn.Conv2d(c_in, c, kernel_size=3, padding=1), nn.ReLU()]
             c_in = c
         layers += [nn.Flatten(), nn.Linear(c_in * 64, 10)]
-    return _ImageInput(*layers)
+    return nn.Sequential(*layers)
 
 
-class _ImageInput(nn.Sequential):
-    """An ``nn.Sequential`` whose first module reshapes (B, 64) rows to (B, 1, 8, 8); images pass."""
+class _AsImage(nn.Module):
+    """(B, 64) pixel rows -> (B, 1, 8, 8) images; images pass unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4:
-            x = x.flatten(1)
-        return super().forward(x)
+        return x if x.ndim == 4 else x.reshape(x.shape[0], 1, 8, 8)
 
 
 def autoencoder_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

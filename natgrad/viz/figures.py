@@ -9,62 +9,63 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLORS = {
-    "K-FAC": "#d62728",
-    "Adam": "#1f77b4",
-    "SGD+momentum": "#2ca02c",
-    "Shampoo": "#9467bd",
-    "Sophia": "#ff7f0e",
-    "SOAP": "#e377c2",
-    "Muon": "#bcbd22",
-    "SGD": "#2ca02c",
-    "exponent -1/4": "#9467bd",  # Shampoo's default exponent, in Shampoo's colour
-    "exponent -1/2": "#17becf",
-}
+from natgrad.viz.style import COLORS, PREVIOUS, byte_unit, color_of, dash_of, log_byte_ticks, log_decades
 
-
-def color_of(label: str, i: int = 0) -> str:
-    """The fixed colour of an optimizer named at the start of ``label``, else the ``i``-th spare colour."""
-    return _color(label, i)
-
+__all__ = ["COLORS", "PREVIOUS", "color_of", "cost_figure", "fisher_figure", "fisher_panels", "loss_figure", "rank_bars_figure",
+           "traces_figure", "TRACE_TITLES"]
 
 def _color(label: str, i: int) -> str:
-    for name, c in COLORS.items():
-        if label.startswith(name):
-            return c
-    palette = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-    return palette[i % len(palette)]
+    return color_of(label, i)
 
 
 def loss_figure(trajectories: Mapping[str, object], x: str = "step", title: str = "") -> go.Figure:
     """Loss (log scale) against steps or seconds, one line per labelled trajectory.
 
     Each trajectory needs ``.step``, ``.seconds``, ``.loss`` and ``.status``;
-    a diverged run ends with an ``x`` marker.
+    a diverged run ends with an ``x`` marker. A label containing :data:`PREVIOUS` is drawn
+    dashed in its method's colour (the learner's previous run, for comparison).
     """
     fig = go.Figure()
     for i, (label, t) in enumerate(trajectories.items()):
         xs = t.step if x == "step" else t.seconds
         ys = [v if math.isfinite(v) and v > 0 else None for v in t.loss]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=label, line=dict(color=_color(label, i), width=2)))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=label,
+                                 line=dict(color=_color(label, i), width=2, dash=dash_of(label))))
         if t.status == "diverged" and xs:
             fig.add_trace(go.Scatter(x=[xs[-1]], y=[next((v for v in reversed(ys) if v), None)], mode="markers",
                                      marker=dict(symbol="x", size=12, color=_color(label, i)),
                                      name=f"{label} diverged", showlegend=False))
-    fig.update_layout(title=title or None, xaxis_title="step" if x == "step" else "seconds (wall clock)",
+    default = "training loss against steps" if x == "step" else "training loss against wall-clock time"
+    fig.update_layout(title=title or default, xaxis_title="step" if x == "step" else "seconds (wall clock)",
                       yaxis_title="training loss", yaxis_type="log", height=380, margin=dict(t=40, b=40),
                       legend=dict(orientation="h", y=-0.2))
-    return fig
+    return log_decades(fig)
+
+
+TRACE_TITLES = {  # a recorded statistic -> its name in words with its symbol
+    "damping": "damping λ",
+    "rho": "reduction ratio ρ (actual / predicted decrease)",
+    "alpha": "step size α",
+    "step_norm": "step norm ‖Δθ‖",
+    "mu": "momentum μ",
+    "clipped_fraction": "fraction of coordinates clipped",
+}
+
+
+def trace_title(name: str) -> str:
+    """How a panel of a recorded statistic is titled: in words with its symbol, never the raw name."""
+    return TRACE_TITLES.get(name, name.replace("_", " "))
 
 
 def traces_figure(step: Sequence[int], traces: Mapping[str, Sequence[float | None]], log_y: Sequence[str] = ()) -> go.Figure:
     """Stacked panels sharing the step axis, e.g. damping and the reduction ratio rho."""
     names = list(traces)
-    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=names, vertical_spacing=0.12)
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=[trace_title(n) for n in names],
+                        vertical_spacing=0.12)
     for r, name in enumerate(names, start=1):
         pairs = [(s, v) for s, v in zip(step, traces[name], strict=True) if v is not None and math.isfinite(v)]
         fig.add_trace(go.Scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines+markers",
-                                 marker=dict(size=4), name=name, showlegend=False), row=r, col=1)
+                                 marker=dict(size=4), name=trace_title(name), showlegend=False), row=r, col=1)
         if name in log_y:
             fig.update_yaxes(type="log", row=r, col=1)
         if name == "rho":
@@ -72,71 +73,168 @@ def traces_figure(step: Sequence[int], traces: Mapping[str, Sequence[float | Non
                 fig.add_hline(y=level, line_dash="dot", line_color="grey", row=r, col=1)
     fig.update_layout(height=220 * len(names), margin=dict(t=40, b=30))
     fig.update_xaxes(title_text="step", row=len(names), col=1)
-    return fig
+    return log_decades(fig)
+
+
+# ------------------------------------------------------------------------------------ Fisher heatmaps
+def _signed_log_scale(matrices: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """(s, zmax): entries are drawn as sign(x) log10(1 + |x|/s), s = 1e-4 of the first matrix's largest."""
+    first = np.asarray(next(iter(matrices.values())), dtype=float)
+    scale = max(float(np.abs(first).max()) * 1e-4, 1e-30)
+    zmax = max(float(np.abs(np.log10(1 + np.abs(np.asarray(m, dtype=float)) / scale)).max()) for m in matrices.values())
+    return scale, max(zmax, 1e-12)
+
+
+def _colorbar(scale: float, zmax: float) -> dict:
+    """A colour bar titled in words whose ticks show the entries' real values (not their logarithms)."""
+    ks = list(range(-int(math.floor(zmax)), int(math.floor(zmax)) + 1, 2 if zmax > 4 else 1))
+    text = [("0" if k == 0 else f"{'−' if k < 0 else ''}{scale * (10 ** abs(k) - 1):.2g}") for k in ks]
+    return dict(title=dict(text="entry<br>(signed<br>log scale)", side="top"), tickvals=ks, ticktext=text,
+                thickness=12, len=0.9)
+
+
+def _layer_ticks(size: int, boundaries: Sequence[int], layer_names: Sequence[str] | None) -> dict:
+    """Axis ticks naming each block of parameters ("layer 1", 0–159) at its centre."""
+    edges = [0, *[b for b in boundaries if 0 < b < size], size]
+    names = list(layer_names) if layer_names else [f"layer {i + 1}" for i in range(len(edges) - 1)]
+    if len(edges) == 2 and not layer_names:
+        return {}  # one block: plain parameter indices
+    centres = [(a + b - 1) / 2 for a, b in zip(edges, edges[1:], strict=False)]
+    text = [f"{n}<br>{a}–{b - 1}" for n, a, b in zip(names, edges, edges[1:], strict=False)]
+    return dict(tickvals=centres, ticktext=text, tickangle=0)
+
+
+def _heatmap(m: np.ndarray, scale: float, zmax: float, showscale: bool, name: str) -> go.Heatmap:
+    z = np.sign(m) * np.log10(1 + np.abs(m) / scale)
+    return go.Heatmap(z=z, customdata=m, zmin=-zmax, zmax=zmax, colorscale="RdBu_r", showscale=showscale,
+                      colorbar=_colorbar(scale, zmax), name=name,
+                      hovertemplate="row %{y}, column %{x}: %{customdata:.3g}<extra></extra>")
+
+
+def _boundary_lines(fig: go.Figure, m: np.ndarray, boundaries: Sequence[int], **where) -> None:
+    for b in boundaries:
+        for kw in (dict(x0=b - 0.5, x1=b - 0.5, y0=-0.5, y1=m.shape[0] - 0.5),
+                   dict(y0=b - 0.5, y1=b - 0.5, x0=-0.5, x1=m.shape[1] - 0.5)):
+            fig.add_shape(type="line", line=dict(color="black", width=0.6), **where, **kw)
+
+
+def fisher_panels(matrices: Mapping[str, np.ndarray], errors: Mapping[str, float] | None = None,
+                  boundaries: Sequence[int] = (), layer_names: Sequence[str] | None = None) -> list[go.Figure]:
+    """One square heatmap figure per curvature matrix, on one shared signed-log colour scale
+    (so that they can be laid side by side on a wide screen and stacked on a phone).
+
+    Both axes are the parameter index, grouped into the blocks that start at ``boundaries``
+    and named by ``layer_names`` (default "layer 1", "layer 2", ...); thin lines mark the
+    blocks. Values are shown as sign(x)·log10(1 + |x|/s) with s = 10⁻⁴ of the first
+    matrix's largest entry, so that large diagonal and small off-diagonal entries stay
+    visible; the colour bar (on the last panel) is labelled with the entries' real values.
+    """
+    errors = errors or {}
+    scale, zmax = _signed_log_scale(matrices)
+    figs = []
+    names = list(matrices)
+    for i, name in enumerate(names):
+        m = np.asarray(matrices[name], dtype=float)
+        fig = go.Figure(_heatmap(m, scale, zmax, showscale=i == len(names) - 1, name=name))
+        _boundary_lines(fig, m, boundaries)
+        ticks = _layer_ticks(m.shape[0], boundaries, layer_names)
+        title = f"{name}<br>relative error {errors[name]:.1%}" if name in errors else name
+        fig.update_xaxes(title_text="parameter index (column)", constrain="domain", **ticks)
+        fig.update_yaxes(title_text="parameter index (row)", autorange="reversed", scaleanchor="x",
+                         constrain="domain", **ticks)
+        fig.update_layout(title=dict(text=title, font=dict(size=14)), height=400,
+                          margin=dict(t=60, b=10, l=10, r=10))
+        figs.append(fig)
+    return figs
 
 
 def fisher_figure(matrices: Mapping[str, np.ndarray], errors: Mapping[str, float] | None = None,
-                  boundaries: Sequence[int] = ()) -> go.Figure:
-    """Heatmaps side by side of curvature matrices on a shared signed-log colour scale.
-
-    ``boundaries`` are the parameter indices where a new layer starts; thin
-    lines mark the layer blocks. Values are shown as sign(x)·log10(1 + |x|/s)
-    with s a small scale, so both large diagonal and small off-diagonal entries
-    stay visible.
-    """
+                  boundaries: Sequence[int] = (), layer_names: Sequence[str] | None = None) -> go.Figure:
+    """The heatmaps of :func:`fisher_panels` side by side in one figure (one shared colour bar)."""
     errors = errors or {}
     names = list(matrices)
-    titles = [f"{n}<br>rel. error {errors[n]:.3f}" if n in errors else n for n in names]
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.04)
-    scale = max(float(np.abs(matrices[names[0]]).max()) * 1e-4, 1e-30)
-    zmax = max(float(np.abs(np.log10(1 + np.abs(m) / scale)).max()) for m in matrices.values())
+    titles = [f"{n}<br>relative error {errors[n]:.1%}" if n in errors else n for n in names]
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.06)
+    scale, zmax = _signed_log_scale(matrices)
     for c, name in enumerate(names, start=1):
         m = np.asarray(matrices[name], dtype=float)
-        z = np.sign(m) * np.log10(1 + np.abs(m) / scale)
-        fig.add_trace(go.Heatmap(z=z, zmin=-zmax, zmax=zmax, colorscale="RdBu_r", showscale=c == len(names),
-                                 hovertemplate="row %{y}, col %{x}<extra></extra>"), row=1, col=c)
-        for b in boundaries:
-            for kw in (dict(x0=b - 0.5, x1=b - 0.5, y0=-0.5, y1=m.shape[0] - 0.5),
-                       dict(y0=b - 0.5, y1=b - 0.5, x0=-0.5, x1=m.shape[1] - 0.5)):
-                fig.add_shape(type="line", line=dict(color="black", width=0.6), row=1, col=c, **kw)
+        fig.add_trace(_heatmap(m, scale, zmax, showscale=c == len(names), name=name), row=1, col=c)
+        _boundary_lines(fig, m, boundaries, row=1, col=c)
+        ticks = _layer_ticks(m.shape[0], boundaries, layer_names)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c,
-                         showticklabels=False)
-        fig.update_xaxes(showticklabels=False, row=1, col=c)
-    fig.update_layout(height=420, margin=dict(t=70, b=10, l=10, r=10))
+                         title_text="parameter index (row)" if c == 1 else None, **ticks)
+        fig.update_xaxes(title_text="parameter index (column)", row=1, col=c, **ticks)
+    fig.update_layout(height=440, margin=dict(t=70, b=10, l=10, r=10))
     return fig
 
 
-def cost_figure(rows: Sequence[dict], value: str, title: str) -> go.Figure:
-    """Log-scale bars of one cost (``value`` key) per representation."""
+# ------------------------------------------------------------------------------------------ costs
+def cost_figure(rows: Sequence[dict], value: str, title: str, *, log: bool = True,
+                bytes_axis: bool | None = None, axis_title: str = "") -> go.Figure:
+    """Bars of one cost (``value`` key) per representation (``name`` key), on a log or linear axis.
+
+    A zero cost (a diagonal has nothing to invert) has no bar, only its label "0", never a bar
+    of 1 on a log axis. Bytes (``bytes_axis``, default when ``value == "bytes"``) are written
+    in the SI units of the tables (GB = 10⁹ bytes), never plotly's "10B".
+    """
+    bytes_axis = value == "bytes" if bytes_axis is None else bytes_axis
     names = [r["name"] for r in rows]
-    vals = [max(float(r[value]), 1.0) for r in rows]
-    fig = go.Figure(go.Bar(x=names, y=vals, text=[r.get(f"{value}_text", f"{v:.3g}") for r, v in zip(rows, vals, strict=True)],
-                           textposition="outside", marker_color=["#7f7f7f", "#d62728", "#1f77b4"][: len(rows)]))
-    fig.update_layout(title=title, yaxis_type="log", height=320, margin=dict(t=50, b=30))
+    raw = [float(r[value]) for r in rows]
+    texts = [("0 (none)" if v == 0 else r.get(f"{value}_text", f"{v:.3g}")) for r, v in zip(rows, raw, strict=True)]
+    shown = [v if v > 0 else None for v in raw]
+    unit, size = byte_unit(max(raw, default=0.0)) if bytes_axis else ("", 1.0)
+    if bytes_axis and not log:
+        shown = [None if v is None else v / size for v in shown]
+    fig = go.Figure(go.Bar(x=names, y=shown, text=texts, textposition="outside", name=title,
+                           marker_color=[color_of(n, i) for i, n in enumerate(names)], showlegend=False,
+                           cliponaxis=False))
+    if bytes_axis:
+        axis_title = axis_title or ("memory" if log else f"memory ({unit})")
+    fig.update_layout(title=title, yaxis_title=axis_title or value, height=340, margin=dict(t=50, b=30),
+                      xaxis_title="representation")
+    if log:
+        fig.update_yaxes(type="log")
+        top = max((v for v in shown if v), default=1.0)
+        low = min((v for v in shown if v), default=1.0)
+        fig.update_yaxes(range=[math.log10(low) - 0.5, math.log10(top) + 1.0])
+        if bytes_axis:
+            fig.update_yaxes(**log_byte_ticks([low / 10, top * 10]))
+        else:
+            log_decades(fig)
+    else:
+        fig.update_yaxes(rangemode="tozero", exponentformat="power")
     return fig
 
 
 def rank_bars_figure(parts: Mapping[str, Sequence[float]], title: str, yaxis_title: str,
-                     level: float | None = None, level_name: str = "", text: Sequence[str] | None = None) -> go.Figure:
+                     level: float | None = None, level_name: str = "", text: Sequence[str] | None = None,
+                     bytes_axis: bool = False, holder: str = "rank") -> go.Figure:
     """Stacked bars, one bar per rank (``parts`` maps a component name to its per-rank
     values), with an optional dashed horizontal ``level`` (e.g. total / ranks) named
     ``level_name`` in the legend.
 
-    ``text`` labels the top of each bar (e.g. human-readable bytes).
+    ``text`` labels the top of each bar (e.g. human-readable bytes). With ``bytes_axis`` the
+    values are drawn in the SI unit that suits the largest bar ("memory (kB)"). ``holder`` names
+    what each bar is ("rank", "GPU").
     """
     names = list(parts)
     ranks = len(parts[names[0]]) if names else 0
-    x = [f"rank {r}" for r in range(ranks)]
+    x = [f"{holder} {r}" for r in range(ranks)]
+    size = 1.0
+    if bytes_axis:
+        totals = [sum(float(parts[n][r]) for n in names) for r in range(ranks)]
+        unit, size = byte_unit(max(totals + [level or 0.0], default=0.0))
+        yaxis_title = f"{yaxis_title} ({unit})"
     fig = go.Figure()
     for i, name in enumerate(names):
         last = i == len(names) - 1
-        fig.add_trace(go.Bar(x=x, y=list(parts[name]), name=name, marker_color=_color(name, i),
+        fig.add_trace(go.Bar(x=x, y=[float(v) / size for v in parts[name]], name=name, marker_color=_color(name, i),
                              text=list(text) if last and text is not None else None,
                              textposition="outside" if last and text is not None else None))
     if level is not None:  # the line, and a legend entry naming it (an annotation would collide with the bar labels)
-        fig.add_hline(y=level, line_dash="dash", line_color="black")
+        fig.add_hline(y=level / size, line_dash="dash", line_color="black")
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=level_name,
                                  line=dict(dash="dash", color="black")))
-    fig.update_layout(barmode="stack", title=title, yaxis_title=yaxis_title, height=340, margin=dict(t=50, b=30),
-                      legend=dict(orientation="h", y=-0.15))
+    fig.update_layout(barmode="stack", title=title, yaxis_title=yaxis_title, xaxis_title="rank (process)" if holder == "rank" else holder,
+                      height=340, margin=dict(t=50, b=30), legend=dict(orientation="h", y=-0.2))
     return fig

@@ -13,6 +13,10 @@ import torch
 from plotly.subplots import make_subplots
 
 from natgrad.optim.riemannian.steps import SIMPLEX_METHODS, SPHERE_METHODS, SimplexSteps, SphereSteps
+from natgrad.viz.style import color_of, dash_of, log_decades, recolor
+
+__all__ = ["disk_frames", "poincare_figure", "recolor", "recorded_points", "run_color", "simplex_steps_figure",
+           "sphere_figure", "step_distances_figure", "stiefel_figure", "ternary_figure"]
 
 METHOD_COLORS = {
     SPHERE_METHODS[0]: "#d62728", SPHERE_METHODS[1]: "#1f77b4", SPHERE_METHODS[2]: "#17becf",
@@ -22,27 +26,12 @@ METHOD_COLORS = {
 METHOD_SYMBOLS = {SPHERE_METHODS[0]: "diamond", SPHERE_METHODS[1]: "circle", SPHERE_METHODS[2]: "circle-open",
                   SPHERE_METHODS[3]: "square", SIMPLEX_METHODS[0]: "diamond", SIMPLEX_METHODS[1]: "square",
                   SIMPLEX_METHODS[2]: "circle"}
-RUN_COLORS = {"Riemannian SGD": "#ff7f0e", "Riemannian Adam": "#d62728", "projected Adam": "#9467bd",
-              "projected GD": "#1f77b4", "natural gradient": "#d62728", "Adam": "#7f7f7f"}
 STEP_COLOR, TANGENT_COLOR = "#7f7f7f", "#000000"
 
 
 def run_color(label: str, i: int = 0) -> str:
-    for name, c in RUN_COLORS.items():
-        if label.startswith(name):
-            return c
-    return ["#8c564b", "#e377c2", "#bcbd22", "#17becf"][i % 4]
-
-
-def recolor(fig: go.Figure) -> go.Figure:
-    """Give the traces of a figure with run labels (e.g. ``natgrad.viz.loss_figure``) this module's colours."""
-    for i, trace in enumerate(fig.data):
-        color = run_color(trace.name or "", i)
-        if getattr(trace, "line", None) is not None:
-            trace.line.color = color
-        if getattr(trace, "marker", None) is not None:
-            trace.marker.color = color
-    return fig
+    """A run's colour: the course's one colour per method (:func:`natgrad.viz.style.color_of`)."""
+    return color_of(label, i)
 
 
 # ------------------------------------------------------------------------------------------ sphere
@@ -82,7 +71,8 @@ def sphere_figure(s: SphereSteps) -> go.Figure:
     eye = 0.7 * x + 0.7 * side / max(np.linalg.norm(side), 1e-9) + np.array([0.0, 0.0, 0.25])
     eye = 1.1 * eye / np.linalg.norm(eye)
     axis = dict(range=[-r, r], showbackground=False, showticklabels=False, title="", showgrid=False, zeroline=False)
-    fig.update_layout(height=520, margin=dict(l=0, r=0, t=10, b=0), legend=dict(orientation="h", y=-0.02),
+    fig.update_layout(title="where each method lands on the unit sphere", height=540,
+                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.02),
                       scene=dict(aspectmode="cube", xaxis=axis, yaxis=axis, zaxis=axis,
                                  camera=dict(eye=dict(x=eye[0], y=eye[1], z=eye[2]))))
     return fig
@@ -106,7 +96,8 @@ def step_distances_figure(scales: Sequence[float], travelled: Mapping[str, Seque
         fig.add_vline(x=current, line_dash="dash", line_color="grey", row=1, col=c)
         fig.update_xaxes(title_text=f"length of the tangent vector{unit}", row=1, col=c)
     fig.update_yaxes(title_text="geodesic distance", row=1, col=1)
-    fig.update_layout(height=340, margin=dict(t=40, b=40), legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(title="how far each method travels as the step grows", height=370, margin=dict(t=70, b=40),
+                      legend=dict(orientation="h", y=-0.3))
     return fig
 
 
@@ -141,7 +132,8 @@ def simplex_steps_figure(s: SimplexSteps) -> go.Figure:
         xy = to_triangle(q)
         fig.add_trace(go.Scatter(x=[xy[0]], y=[xy[1]], mode="markers", name=name,
                                  marker=dict(color=METHOD_COLORS[name], size=12, symbol=METHOD_SYMBOLS[name])))
-    fig.update_layout(height=460, margin=dict(t=10, b=10), legend=dict(orientation="h", y=-0.05),
+    fig.update_layout(title="where each method lands on the simplex", height=480, margin=dict(t=40, b=10),
+                      legend=dict(orientation="h", y=-0.05),
                       xaxis=dict(visible=False, range=[-0.3, 1.3]),
                       yaxis=dict(visible=False, range=[-0.3, 1.05], scaleanchor="x"))
     return fig
@@ -158,7 +150,8 @@ def ternary_figure(paths: Mapping[str, np.ndarray], target: Sequence[float], sta
     for name, q, symbol in (("start", start, "circle-open"), ("target q", target, "star")):
         fig.add_trace(go.Scatterternary(a=[q[2]], b=[q[0]], c=[q[1]], mode="markers", name=name,
                                         marker=dict(size=14, symbol=symbol, color="black")))
-    fig.update_layout(height=440, margin=dict(t=30, b=10), legend=dict(orientation="h", y=-0.1),
+    fig.update_layout(title="paths of the distribution p on the simplex", height=460, margin=dict(t=70, b=10),
+                      legend=dict(orientation="h", y=-0.1),
                       ternary=dict(aaxis=dict(title="p3"), baxis=dict(title="p1"), caxis=dict(title="p2")))
     return fig
 
@@ -170,18 +163,21 @@ def stiefel_figure(runs: Mapping[str, tuple[Sequence[int], Sequence[float], Sequ
     fig = make_subplots(rows=1, cols=2, subplot_titles=["objective tr(QᵀCQ)", "orthogonality error max |QᵀQ − I|"])
     for i, (label, (steps, objective, error)) in enumerate(runs.items()):
         color = run_color(label, i)
+        line = dict(color=color, width=2, dash=dash_of(label))
         fig.add_trace(go.Scatter(x=list(steps), y=list(objective), mode="lines", name=label, legendgroup=label,
-                                 line=dict(color=color, width=2)), row=1, col=1)
+                                 line=line), row=1, col=1)
         fig.add_trace(go.Scatter(x=list(steps), y=[max(e, 1e-9) for e in error], mode="lines", name=label,
-                                 legendgroup=label, showlegend=False, line=dict(color=color, width=2)), row=1, col=2)
+                                 legendgroup=label, showlegend=False, line=line), row=1, col=2)
     fig.add_hline(y=best, line_dash="dash", line_color="black", row=1, col=1,
                   annotation_text=f"best on the manifold: {best:.4f}", annotation_position="bottom right")
     ymax = max([best * 1.5] + [min(max(o), best * 3) for _, o, _ in runs.values() if len(o)])
     fig.update_yaxes(range=[0, ymax], row=1, col=1)
     fig.update_yaxes(type="log", exponentformat="power", row=1, col=2)
+    fig.update_yaxes(title_text="tr(QᵀCQ)", row=1, col=1)
+    fig.update_yaxes(title_text="max |QᵀQ − I| (log scale)", row=1, col=2)
     fig.update_xaxes(title_text="step")
     fig.update_layout(height=380, margin=dict(t=40, b=40), legend=dict(orientation="h", y=-0.25))
-    return fig
+    return log_decades(fig)
 
 
 # ------------------------------------------------------------------------------------------ Poincare disk
@@ -244,7 +240,7 @@ def poincare_figure(frames: Sequence[tuple[int, np.ndarray]], names: Sequence[st
                                                                  transition=dict(duration=0))]),
         dict(label="❚❚ pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0))])])
     lim = max(1.05, float(np.nanmax(np.abs(np.vstack([x for _, x in frames])))) + 0.05)
-    fig.update_layout(title=title or None, height=560, margin=dict(t=40 if title else 10, b=10),
+    fig.update_layout(title=title or "the tree in the Poincaré disk", height=560, margin=dict(t=40, b=10),
                       sliders=[slider], updatemenus=[play], legend=dict(orientation="h", y=1.02, yanchor="bottom"),
                       xaxis=dict(range=[-lim, lim], visible=False),
                       yaxis=dict(range=[-lim, lim], visible=False, scaleanchor="x"))

@@ -10,17 +10,14 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.figures import color_of
+from natgrad.viz.style import color_of, log_decades
 
 METRICS = ("cosine with the natural gradient", "relative error (best step length)",
            "condition number of P(F + λI)")
 
 
-METHOD_COLORS = {"natural gradient": "#000000", "Shampoo -1/2": "#17becf", "diagonal Fisher": "#8c564b"}
-
-
 def _color(name: str, i: int) -> str:
-    return METHOD_COLORS.get(name) or color_of(name, i)
+    return color_of(name, i)  # the course's one colour per method (natgrad.viz.style.COLORS)
 
 
 def _finite(x: float) -> float | None:
@@ -44,8 +41,14 @@ def comparison_figure(measures: Mapping[str, object]) -> go.Figure:
     fig.update_xaxes(range=[0, 1.0], row=1, col=2)
     fig.update_xaxes(type="log", exponentformat="power", row=1, col=3)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(height=60 + 34 * len(names), margin=dict(t=50, b=30, l=10, r=10))
-    return fig
+    fig.update_xaxes(title_text="cosine", row=1, col=1)
+    fig.update_xaxes(title_text="relative error", row=1, col=2)
+    fig.update_xaxes(title_text="κ (log scale)", row=1, col=3)
+    fig.update_yaxes(title_text="method", row=1, col=1)
+    fig.update_layout(height=100 + 34 * len(names), margin=dict(t=50, b=40, l=10, r=10),
+                      title=dict(text="each method's direction against the natural gradient", font=dict(size=14),
+                                 y=0.995, yanchor="top"))
+    return log_decades(fig)
 
 
 def spectrum_figure(measures: Mapping[str, object]) -> go.Figure:
@@ -58,10 +61,10 @@ def spectrum_figure(measures: Mapping[str, object]) -> go.Figure:
         k = len(ev)
         fig.add_trace(go.Scatter(x=[j / max(k - 1, 1) for j in range(k)], y=[max(v / med, 1e-16) for v in ev],
                                  mode="lines", name=name, line=dict(color=_color(name, i), width=2)))
-    fig.update_layout(xaxis_title="eigenvalue rank (fraction)", yaxis_title="eigenvalue / median", yaxis_type="log",
-                      yaxis_exponentformat="power", height=360, margin=dict(t=30, b=40),
-                      legend=dict(orientation="h", y=-0.25))
-    return fig
+    fig.update_layout(title="eigenvalues of P(F + λI), smallest to largest",
+                      xaxis_title="eigenvalue rank (fraction of all)", yaxis_title="eigenvalue / median",
+                      yaxis_type="log", height=380, margin=dict(t=40, b=40), legend=dict(orientation="h", y=-0.25))
+    return log_decades(fig)
 
 
 def training_figure(steps: Sequence[int], series: Mapping[str, Mapping[str, Sequence[float]]],
@@ -87,7 +90,7 @@ def training_figure(steps: Sequence[int], series: Mapping[str, Mapping[str, Sequ
         fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="training step (Adam)", row=len(rows), col=1)
     fig.update_layout(height=240 * len(rows), margin=dict(t=40, b=40), legend=dict(orientation="h", y=-0.08))
-    return fig
+    return log_decades(fig)
 
 
 def singular_values_figure(singular_values: Mapping[str, Sequence[float]]) -> go.Figure:
@@ -96,6 +99,7 @@ def singular_values_figure(singular_values: Mapping[str, Sequence[float]]) -> go
     for i, (name, sv) in enumerate(singular_values.items()):
         fig.add_trace(go.Scatter(x=list(range(1, len(sv) + 1)), y=list(sv), mode="lines+markers", name=name,
                                  line=dict(color=color_of(name, i), width=2)))
-    fig.update_layout(xaxis_title="index", yaxis_title="singular value", yaxis_type="log", height=320,
-                      margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.3))
-    return fig
+    fig.update_layout(title="singular values, largest first", xaxis_title="index (largest first)",
+                      yaxis_title="singular value", yaxis_type="log", height=340, margin=dict(t=40, b=40),
+                      legend=dict(orientation="h", y=-0.3))
+    return log_decades(fig)

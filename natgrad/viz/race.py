@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.figures import color_of
+from natgrad.viz.style import color_of, dash_of, log_decades
 
 
 def race_figure(trajectories: Mapping[str, object], title: str = "") -> go.Figure:
@@ -25,16 +25,18 @@ def race_figure(trajectories: Mapping[str, object], title: str = "") -> go.Figur
         color = color_of(name, i)
         for col, xs in ((1, steps), (2, secs)):
             fig.add_trace(go.Scatter(x=list(xs), y=ys, mode="lines", name=name, legendgroup=name,
-                                     showlegend=col == 1, line=dict(color=color, width=2)), row=1, col=col)
+                                     showlegend=col == 1, line=dict(color=color, width=2, dash=dash_of(name))), row=1, col=col)
             if t.status == "diverged" and xs:
                 fig.add_trace(go.Scatter(x=[xs[-1]], y=[next((v for v in reversed(ys) if v), None)], mode="markers",
                                          marker=dict(symbol="x", size=12, color=color), legendgroup=name,
                                          showlegend=False, name=f"{name} diverged"), row=1, col=col)
     fig.update_yaxes(type="log", title_text="loss", row=1, col=1)
     fig.update_xaxes(title_text="step", row=1, col=1)
-    fig.update_xaxes(title_text="seconds", row=1, col=2)
-    fig.update_layout(title=title or None, height=420, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.2))
-    return fig
+    fig.update_yaxes(title_text="training loss (log scale)", row=1, col=1)
+    fig.update_xaxes(title_text="seconds (wall clock)", row=1, col=2)
+    fig.update_layout(title=title or "the race", height=420, margin=dict(t=60, b=40),
+                      legend=dict(orientation="h", y=-0.2))
+    return log_decades(fig)
 
 
 def step_time_figure(ms_per_step: Mapping[str, float]) -> go.Figure:
@@ -42,6 +44,8 @@ def step_time_figure(ms_per_step: Mapping[str, float]) -> go.Figure:
     names = list(ms_per_step)
     vals = [ms_per_step[n] if math.isfinite(ms_per_step[n]) else None for n in names]
     fig = go.Figure(go.Bar(x=names, y=vals, marker_color=[color_of(n, i) for i, n in enumerate(names)],
-                           text=[f"{v:.1f} ms" if v is not None else "n/a" for v in vals], textposition="outside"))
-    fig.update_layout(yaxis_title="ms per step", height=300, margin=dict(t=30, b=30))
+                           text=[f"{v:.1f} ms" if v is not None else "n/a" for v in vals], textposition="outside",
+                           name="time per step", showlegend=False, cliponaxis=False))
+    fig.update_layout(title="time per step (lower is cheaper)", yaxis_title="milliseconds per step",
+                      xaxis_title="optimizer", height=320, margin=dict(t=40, b=30))
     return fig

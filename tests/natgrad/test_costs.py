@@ -114,3 +114,67 @@ def test_bad_sizes_raise():
         costs.shampoo_factor_costs(0, 5)
     with pytest.raises(ValueError):
         costs.shampoo_factor_costs(5, 5, block_size=0)
+
+
+def test_kfac_layer_costs_of_the_digits_cnn_by_hand():
+    """Two 3x3 convolutions on 8x8 images (64 output pixels each) and a 2048 -> 10 head, batch 256:
+    the head's 2049-wide A is the only factor above wide_factor_dim (1024), so it is inverted by
+    Cholesky every wide_update_steps (50); everything else by eigh every 10 steps."""
+    from natgrad.tasks.digits import digits_cnn, load_digits_tensors
+
+    X, _ = load_digits_tensors()
+    rows = costs.kfac_layer_costs(digits_cnn(seed=0), X[:256])
+    assert [(c.kind, c.a_dim, c.g_dim, c.rows, c.methods) for c in rows] == [
+        ("Conv2d", 1 * 9 + 1, 16, 256 * 64, ("eigh", "eigh")),
+        ("Conv2d", 16 * 9 + 1, 32, 256 * 64, ("eigh", "eigh")),
+        ("Linear", 2048 + 1, 10, 256, ("cholesky", "eigh")),
+    ]
+    head = rows[2]
+    assert head.statistics_flops == (2.0 * 256 * 2049**2, 2.0 * 256 * 10**2)
+    assert head.invert_flops == (costs.CHOLESKY_INVERSE_FLOPS * 2049**3, costs.EIGH_FLOPS * 10**3)
+    assert head.apply_flops == 2.0 * (10**2 * 2049 + 10 * 2049**2)
+    assert head.per_step_flops == pytest.approx(2.0 * 256 * 2049**2 / 50 + 2.0 * 256 * 100 / 10 + 2049**3 / 50
+                                                + costs.EIGH_FLOPS * 1000 / 10 + head.apply_flops)
+    assert head.bytes == 2 * (2049**2 + 10**2) * 4
+    fast = costs.kfac_layer_costs(digits_cnn(seed=0), X[:256], wide_factor_dim=4096, inverse_update_steps=1)
+    assert fast[2].methods == ("eigh", "eigh") and fast[2].inverses_per_step == pytest.approx(
+        costs.EIGH_FLOPS * (2049**3 + 10**3))
+
+
+def test_fit_cubic_recovers_a_synthetic_cubic():
+    sizes = [256, 512, 1024]
+    assert costs.fit_cubic(sizes, [2e-9 * d**3 for d in sizes]) == pytest.approx(2e-9, rel=1e-12)
+
+
+def test_inversion_times_measure_what_fits_and_extrapolate_the_rest():
+    """A synthetic device whose eigendecomposition takes exactly 3e-10 d^3 s, plus a fixed
+    1 ms overhead: sizes up to max_dim are measured (each once), larger ones come from the
+    least-squares d^3 fit of the measured points, labelled as extrapolated."""
+    calls = []
+
+    def measure(d):
+        calls.append(d)
+        return 1e-3 + 3e-10 * d**3
+
+    dims = {"A (n+1)": 4097, "G (m)": 512, "exact block": 4096 * 4097}
+    rows, ladder, c = costs.inversion_times(dims, measure, max_dim=1024)
+    assert [r.name for r in rows] == list(dims) and [r.measured for r in rows] == [False, True, False]
+    assert rows[1].seconds == 1e-3 + 3e-10 * 512**3
+    assert sorted(calls) == [128, 256, 512, 1024]  # 512 measured once, for its row and for the fit
+    assert [p.size for p in ladder] == [128, 256, 1024]
+    # the fit uses 256, 512, 1024 (128 is overhead-dominated): close to the true constant
+    assert c == pytest.approx(3e-10, rel=0.05)
+    assert rows[0].seconds == pytest.approx(3e-10 * 4097**3, rel=0.05)
+    assert rows[2].seconds == pytest.approx(c * float(4096 * 4097) ** 3)
+
+
+def test_inversion_times_measure_nothing_more_when_everything_fits():
+    rows, ladder, _ = costs.inversion_times({"G": 64}, lambda d: 1e-6 * d, max_dim=1024)
+    assert ladder == [] and rows[0].measured and rows[0].seconds == 64e-6
+
+
+def test_human_seconds():
+    assert costs.human_seconds(0.0032) == "3.2 ms"
+    assert costs.human_seconds(12.0) == "12 s"
+    assert costs.human_seconds(3 * 3600.0) == "3 hours"
+    assert costs.human_seconds(2 * 365.25 * 86400) == "2 years"

@@ -22,8 +22,22 @@ then clamps :math:`\lambda` to ``bounds``. The thresholds are strict, so
 :math:`\rho` that is not a finite number (the step made the loss non-finite, or
 the model predicted no decrease) counts as a bad fit and raises :math:`\lambda`.
 
+A rejected step (the loss rose, :math:`\rho < 0`; :mod:`natgrad.optim.kfac.safeguard`)
+does not wait for the slow rule: :math:`\lambda \leftarrow \beta\lambda` at once
+(``boost`` :math:`\beta`, 4 by default), as a trust-region method shrinks its radius by a
+constant factor after a failed step (Nocedal & Wright 2006, alg. 4.1). Martens & Grosse
+check :math:`\rho` every :math:`T_1 = 5` steps; K-FAC here checks every step by default,
+so a bad step is caught on the step that made it.
+
+Bounds. :math:`\lambda` is kept in ``bounds`` = (1e-6, 1e4) by default. The lower bound
+matters for a softmax output: once the training loss is tiny the Fisher of the batch
+vanishes (:math:`p(1-p) \to 0`), the damping term is all that limits the step, and
+:math:`\lVert\delta\rVert \le \lVert\nabla h\rVert / \lambda` keeps the step at the
+size of the gradient divided by the lower bound.
+
 References: Martens & Grosse, ICML 2015, arXiv 1503.05671, section 6.5;
-Martens, ICML 2010 (Hessian-free), section 4.1; Moré, 1978 (Levenberg-Marquardt).
+Martens, ICML 2010 (Hessian-free), section 4.1; Moré, 1978 (Levenberg-Marquardt);
+Nocedal & Wright, Numerical Optimization, 2nd ed. 2006, ch. 4.
 """
 
 from __future__ import annotations
@@ -34,7 +48,8 @@ from dataclasses import dataclass
 LOWER = 0.25
 UPPER = 0.75
 DECAY = 19 / 20
-DEFAULT_BOUNDS = (1e-8, 1e4)
+BOOST = 4.0
+DEFAULT_BOUNDS = (1e-6, 1e4)
 
 
 def lm_omega(interval: int, decay: float = DECAY) -> float:
@@ -76,13 +91,15 @@ def levenberg_marquardt(
 
 @dataclass(frozen=True)
 class LevenbergMarquardt:
-    """The rule with its schedule: ``due(step)`` every ``interval`` steps, ``update(damping, rho)``."""
+    """The rule with its schedule: ``due(step)`` every ``interval`` steps, ``update(damping, rho)``,
+    and ``reject(damping)`` after a rejected step."""
 
-    interval: int = 5
+    interval: int = 1
     bounds: tuple[float, float] = DEFAULT_BOUNDS
     decay: float = DECAY
     lower: float = LOWER
     upper: float = UPPER
+    boost: float = BOOST
 
     @property
     def omega(self) -> float:
@@ -94,3 +111,7 @@ class LevenbergMarquardt:
 
     def update(self, damping: float, rho: float | None) -> float:
         return levenberg_marquardt(damping, rho, self.omega, self.bounds, self.lower, self.upper)
+
+    def reject(self, damping: float) -> float:
+        """The damping after a rejected step: ``boost`` times larger, clamped to ``bounds``."""
+        return min(max(damping * self.boost, self.bounds[0]), self.bounds[1])

@@ -112,29 +112,37 @@ class KFACLayer:
         g = self.matrix([p.grad for p in self.params])
         return g + weight_decay * self.matrix([p.detach() for p in self.params]) if weight_decay else g
 
-    def batch_factors(
-        self, inputs: list[torch.Tensor], cot_grads: list[list[torch.Tensor]], n_examples: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, G) of one batch from the captured inputs of every call of the layer
-        and, per cotangent k, the per-example output gradients of every call."""
-        a = _cat1([self.patches(x, homogeneous=False) for x in inputs])  # (B, T, fan_in)
-        a = a.reshape(-1, a.shape[-1])  # (M, fan_in), M = B*T
-        M = a.shape[0]
+    def input_factor(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """A from the captured inputs of every call of the layer (in one or several forward passes)."""
+        a = _rows([self.patches(x, homogeneous=False) for x in inputs])  # (rows, fan_in)
+        M = a.shape[0]  # rows: examples x positions
         A = a.T @ a
         if self.has_bias:  # [a; 1][a; 1]^T without materialising the column of ones
             s = a.sum(0, keepdim=True)  # (1, fan_in)
             A = torch.cat([torch.cat([A, s.T], 1), torch.cat([s, s.new_full((1, 1), M)], 1)], 0)
+        return A / M
+
+    def output_factor(self, cot_grads: list[list[torch.Tensor]], n_examples: int) -> torch.Tensor:
+        """G from, per cotangent k, the per-example output gradients of every call;
+        ``n_examples``: the examples of those passes together."""
         G = None
         for grads in cot_grads:
-            g = _cat1([self.out_grads(gy) for gy in grads])  # (B, T, out)
-            g = g.reshape(-1, g.shape[-1])  # (B*T, out)
+            g = _rows([self.out_grads(gy) for gy in grads])  # (rows, out)
             Gk = g.T @ g
             G = Gk if G is None else G + Gk
-        return A / M, G / n_examples
+        return G / n_examples
+
+    def batch_factors(
+        self, inputs: list[torch.Tensor], cot_grads: list[list[torch.Tensor]], n_examples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, G) of one batch: :meth:`input_factor` and :meth:`output_factor`."""
+        return self.input_factor(inputs), self.output_factor(cot_grads, n_examples)
 
 
-def _cat1(xs: list[torch.Tensor]) -> torch.Tensor:
-    return xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
+def _rows(xs: list[torch.Tensor]) -> torch.Tensor:
+    """(B, T, d) tensors -> one (sum of B*T, d) matrix (no copy for a single one)."""
+    xs = [x.reshape(-1, x.shape[-1]) for x in xs]
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
 
 
 def is_supported(m: nn.Module) -> bool:
@@ -161,3 +169,24 @@ def find_layers(model: nn.Module) -> tuple[list[KFACLayer], list[nn.Parameter]]:
     taken = {id(p) for ly in layers for p in ly.params}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     return layers, rest
+
+
+def check_model(model: nn.Module, layers: list[KFACLayer]) -> None:
+    """A clear error for a model K-FAC cannot train: parameters on the ``meta`` device (no
+    values yet), or preconditioned layers in different dtypes or on different devices."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ValueError(f"the model has parameters on the meta device ({', '.join(meta[:3])}"
+                         f"{', ...' if len(meta) > 3 else ''}): they have no values to train. Materialise it first, "
+                         "e.g. model.to_empty(device='cpu') and initialise its weights.")
+    for what in ("dtype", "device"):
+        kinds: dict[str, list[str]] = {}
+        for ly in layers:
+            for p in ly.params:
+                kinds.setdefault(str(getattr(p, what)), []).append(ly.name)
+        if len(kinds) > 1:
+            found = "; ".join(f"{k}: {', '.join(sorted(set(v)))}" for k, v in kinds.items())
+            raise ValueError(f"K-FAC needs all its layers in one {what}, found {found}. Convert the model with "
+                             f"model.to({'torch.float32' if what == 'dtype' else 'device'}) first.")
+    if layers and not layers[0].weight.is_floating_point():
+        raise ValueError(f"K-FAC needs floating-point weights, got {layers[0].weight.dtype}")

@@ -43,16 +43,19 @@ from torch.func import functional_call, jvp, vjp
 
 
 def output_jvps(
-    model: nn.Module, X: torch.Tensor, tangents: list[dict[str, torch.Tensor]]
+    model: nn.Module, X: torch.Tensor | tuple, tangents: list[dict[str, torch.Tensor]],
+    kwargs: dict | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Outputs f(X) and :math:`J v` for each tangent (a dict ``param name -> tensor``;
-    parameters not named are held fixed). Returns ``(out, [Jv, ...])``, each like ``out``."""
+    parameters not named are held fixed). ``X``: the input, or a tuple of positional
+    arguments (with ``kwargs``). Returns ``(out, [Jv, ...])``, each like ``out``."""
     names = list(tangents[0])
     params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
     primals = tuple(params[n] for n in names)
+    args = X if isinstance(X, tuple) else (X,)
 
     def f(*values: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, dict(zip(names, values, strict=True)), (X,))
+        return functional_call(model, dict(zip(names, values, strict=True)), args, kwargs or {})
 
     out, jvps = None, []
     for tan in tangents:
@@ -91,64 +94,103 @@ def graph_jvps(
 
 
 # d(activation)/d(input) written through the activation's output y (which the next layer's
-# captured input already holds); None: the identity
-_ACTIVATION_SLOPE: dict[type, Callable[[torch.Tensor], torch.Tensor] | None] = {
+# captured input usually already holds)
+_ACTIVATION_SLOPE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     nn.Tanh: lambda y: 1 - y * y,
     nn.Sigmoid: lambda y: y * (1 - y),
-    nn.ReLU: lambda y: (y > 0).to(y.dtype),
-    nn.Identity: None,
+    nn.ReLU: lambda y: y > 0,  # a mask: multiplying by it keeps the dtype
 }
+# linear maps that only move entries around: the tangent goes through them unchanged in kind
+_SHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+def sequential_supported(model: nn.Module, call_modules: list[nn.Module]) -> bool:
+    """Whether :func:`sequential_jvps` handles ``model`` with these preconditioned calls: a plain
+    ``nn.Sequential`` whose preconditioned layers are each called once, in order, with only
+    parameter-free modules before the first of them and, after it, only ``Tanh``/``Sigmoid``/
+    ``ReLU`` activations and ``Flatten``/``Unflatten``/``Identity`` reshapes between layers."""
+    if type(model) is not nn.Sequential:
+        return False
+    ids = {id(m) for m in call_modules}
+    mods = list(model)
+    layers = [m for m in mods if id(m) in ids]
+    if len(layers) != len(call_modules) or any(a is not b for a, b in zip(layers, call_modules, strict=True)):
+        return False
+    seen_layer = False
+    for m in mods:
+        if id(m) in ids:
+            seen_layer = True
+        elif not seen_layer:
+            if any(True for _ in m.parameters()):
+                return False
+        elif type(m) not in _ACTIVATION_SLOPE and not isinstance(m, _SHAPE_MODULES):
+            return False
+    return True
 
 
 def sequential_jvps(
     model: nn.Module, out: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor, Callable]],
     call_modules: list[nn.Module], tangents: list[list[torch.Tensor]],
 ) -> list[torch.Tensor] | None:
-    r"""The fast path of :func:`graph_jvps` for an ``nn.Sequential`` of ``nn.Linear`` layers
-    (each called once, all preconditioned) and ``Tanh``/``Sigmoid``/``ReLU``/``Identity``
-    activations: forward-mode propagation of the tangent through the captured activations,
+    r"""The fast path of :func:`graph_jvps` for the models of :func:`sequential_supported`
+    (MLPs and plain convnets): forward-mode propagation of the tangent through the
+    captured layer inputs and outputs,
 
     .. math::
         \dot s_\ell = V_\ell \bar a_\ell + W_\ell \dot a_\ell, \qquad
         \dot a_{\ell+1} = \sigma'(s_\ell) \odot \dot s_\ell ,
 
-    with :math:`\sigma'` read off the activation's output. Two matrix products per layer
-    and tangent, no backward pass. Returns None when the model is not of that form.
+    with :math:`\sigma'` read off the activation's output (for a
+    convolution :math:`V \bar a` and :math:`W \dot a` are convolutions). Two layer maps per
+    layer and tangent, no backward pass. Returns None when the model is not of that form.
+    ``out`` is unused but kept for the signature of :func:`graph_jvps`.
     """
-    if not isinstance(model, nn.Sequential):
+    if not sequential_supported(model, call_modules):
         return None
+    ids = {id(m): i for i, m in enumerate(call_modules)}
     mods = list(model)
-    linears = [m for m in mods if isinstance(m, nn.Linear)]
-    if len(linears) != len(call_modules) or any(a is not b for a, b in zip(linears, call_modules, strict=True)):
-        return None
-    previous_linear = False
-    for m in mods:
-        if not isinstance(m, nn.Linear) and (type(m) not in _ACTIVATION_SLOPE or not previous_linear):
-            return None  # an unknown module, or two activations in a row
-        previous_linear = isinstance(m, nn.Linear)
-    slopes = []  # per activation, from its output: the next layer's input (or the model output)
-    li = 0
-    for m in mods:
-        if isinstance(m, nn.Linear):
-            li += 1
+    # the primal value after each module from the first layer on (layer outputs and the next
+    # layers' inputs are captured; only activations not followed by a layer are recomputed)
+    plan: list[tuple[str, object]] = []
+    val = None
+    for k, m in enumerate(mods):
+        if id(m) in ids:
+            li = ids[id(m)]
+            val = calls[li][1].detach()
+            plan.append(("layer", li))
+        elif val is None:
+            continue  # before the first layer: acts on the data only
+        elif isinstance(m, _SHAPE_MODULES):
+            val = m(val)
+            plan.append(("shape", m))
         else:
-            rule = _ACTIVATION_SLOPE[type(m)]
-            y = calls[li][0] if li < len(calls) else out.detach()
-            slopes.append(None if rule is None else rule(y))
+            nxt = mods[k + 1] if k + 1 < len(mods) else None
+            val = calls[ids[id(nxt)]][0] if nxt is not None and id(nxt) in ids else m(val)
+            plan.append(("slope", _ACTIVATION_SLOPE[type(m)](val)))
     result = []
     for vs in tangents:
-        cur, li, ai = None, 0, 0
-        for m in mods:
-            if isinstance(m, nn.Linear):
-                x, _, apply = calls[li]
-                ds = apply(x, vs[li])
-                cur = ds if cur is None else ds + cur @ m.weight.detach().T
-                li += 1
+        cur = None
+        for kind, what in plan:
+            if kind == "layer":
+                x, _, apply = calls[what]
+                mod = call_modules[what]
+                ds = apply(x, vs[what])
+                if cur is not None:
+                    ds = ds + _weight_map(mod, cur)
+                cur = ds
+            elif kind == "shape":
+                cur = what(cur)
             else:
-                cur = cur if slopes[ai] is None else cur * slopes[ai]
-                ai += 1
+                cur = cur * what
         result.append(cur)
     return result
+
+
+def _weight_map(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's map without its bias (the change of its output for a change of its input)."""
+    if isinstance(m, nn.Conv2d):
+        return m._conv_forward(x, m.weight.detach(), None)
+    return x @ m.weight.detach().T
 
 
 def ggn_inner(u: torch.Tensor, v: torch.Tensor, out: torch.Tensor, likelihood: str) -> torch.Tensor:

@@ -1,10 +1,24 @@
 r"""Blocks of a Shampoo preconditioner: how a parameter is cut up, and the
 per-block statistics, inverse roots and preconditioning.
 
-A parameter of shape ``(d_1, ..., d_k)``, ``k >= 2``, has every dimension cut
-into pieces of at most ``max_preconditioner_dim`` (Shi et al. 2023,
-arXiv 2309.06497, ``max_preconditioner_dim``); each piece of the Cartesian
-product is a block with its own Kronecker factors
+A parameter of shape ``(d_1, ..., d_k)``, ``k >= 2``, is first viewed in one of
+two layouts (:data:`TENSOR_LAYOUTS`, Shampoo's ``tensors`` option), which only
+matters for ``k >= 3``, e.g. a convolution kernel ``(out, in, kh, kw)``:
+
+* ``"modes"``: as it is, one factor per axis (Gupta, Koren & Singer 2018,
+  s. 4; Shi et al. 2023, arXiv 2309.06497): for a ``32 x 16 x 3 x 3`` kernel
+  factors of 32, 16, 3 and 3, cheap, but the input channels and the kernel taps
+  are decorrelated separately;
+* ``"matrix"``: reshaped to ``(d_1, d_2 d_3 ... d_k)``, the matrix the layer
+  applies to each unfolded input patch (the view K-FAC takes of a convolution,
+  Grosse & Martens 2016, arXiv 1602.01407; reshaping tensors before
+  preconditioning: Anil et al. 2020, arXiv 2002.09018): factors of 32 and 144
+  that also see how channels and taps co-vary. Shampoo on this layout is
+  Shampoo on the reshaped matrix parameter, number for number.
+
+Every dimension of the view is then cut into pieces of at most
+``max_preconditioner_dim`` (Shi et al. 2023, ``max_preconditioner_dim``); each
+piece of the Cartesian product is a block with its own Kronecker factors
 
 .. math::
 
@@ -19,7 +33,9 @@ statistic :math:`D \mathrel{+}= g \odot g` (AdaGrad/Adam-style).
 
 :func:`assign_blocks` spreads blocks over ranks by estimated root cost
 (:math:`\sum_i d_i^3`), largest first, each to the least-loaded rank
-(Anil et al. 2020, arXiv 2002.09018; Shi et al. 2023).
+(Anil et al. 2020, arXiv 2002.09018; Shi et al. 2023); blocks added later (a new
+parameter group) are placed the same way on top of the existing loads, and the
+existing blocks stay where their statistics are.
 """
 
 from __future__ import annotations
@@ -47,6 +63,7 @@ class Block:
     shape: tuple[int, ...]
     diagonal: bool
     dtype: torch.dtype  # dtype of the statistics and roots
+    view: tuple[int, ...] | None = None  # the parameter's shape as blocked (see view_shape)
 
     @property
     def numel(self) -> int:
@@ -78,27 +95,47 @@ def _chunks(d: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, d)) for s in range(0, d, size)]
 
 
+TENSOR_LAYOUTS = ("modes", "matrix")
+
+
+def view_shape(shape: tuple[int, ...], tensors: str = "modes") -> tuple[int, ...]:
+    """The shape a parameter is blocked in: 0-D as ``(1,)``; with ``tensors="matrix"``
+    an order ``k >= 3`` tensor as ``(d_1, d_2 ... d_k)``; otherwise unchanged."""
+    if tensors not in TENSOR_LAYOUTS:
+        raise ValueError(f"tensors must be one of {TENSOR_LAYOUTS}, got {tensors!r}")
+    shape = tuple(shape) or (1,)
+    return (shape[0], math.prod(shape[1:])) if tensors == "matrix" and len(shape) > 2 else shape
+
+
 def plan_blocks(
-    shape: tuple[int, ...], max_dim: int, param_index: int, name: str, dtype: torch.dtype
+    shape: tuple[int, ...], max_dim: int, param_index: int, name: str, dtype: torch.dtype, tensors: str = "modes"
 ) -> list[Block]:
-    """Cut a parameter of ``shape`` into blocks (see the module docstring)."""
-    shape = tuple(shape) or (1,)  # a 0-D parameter is treated as shape (1,)
+    """Cut a parameter of ``shape``, viewed as :func:`view_shape`, into blocks (module docstring)."""
+    shape = view_shape(shape, tensors)
     if len(shape) == 1:
-        return [Block((param_index, 0), name, (slice(0, shape[0]),), shape, True, dtype)]
+        return [Block((param_index, 0), name, (slice(0, shape[0]),), shape, True, dtype, shape)]
     blocks = []
     for b, sl in enumerate(itertools.product(*(_chunks(d, max_dim) for d in shape))):
         bshape = tuple(s.stop - s.start for s in sl)
         label = name if bshape == shape else f"{name}[{', '.join(f'{s.start}:{s.stop}' for s in sl)}]"
-        blocks.append(Block((param_index, b), label, sl, bshape, False, dtype))
+        blocks.append(Block((param_index, b), label, sl, bshape, False, dtype, shape))
     return blocks
 
 
-def assign_blocks(blocks: list[Block], world_size: int) -> dict[tuple[int, int], int]:
+def assign_blocks(blocks: list[Block], world_size: int,
+                  owners: dict[tuple[int, int], int] | None = None) -> dict[tuple[int, int], int]:
     """Greedy, deterministic owner rank per block key: sort by cost (descending,
-    ties by key), give each block to the least-loaded rank (ties: lowest rank)."""
+    ties by key), give each block to the least-loaded rank (ties: lowest rank).
+
+    ``owners``: blocks already placed (e.g. before ``add_param_group``); they keep
+    their rank and count towards its load, and only the other blocks are placed.
+    """
+    owner = dict(owners or {})
     load = [0.0] * world_size
-    owner = {}
-    for blk in sorted(blocks, key=lambda b: (-b.cost, b.key)):
+    for blk in blocks:
+        if blk.key in owner:
+            load[owner[blk.key]] += blk.cost
+    for blk in sorted((b for b in blocks if b.key not in owner), key=lambda b: (-b.cost, b.key)):
         r = min(range(world_size), key=lambda i: (load[i], i))
         owner[blk.key] = r
         load[r] += blk.cost
@@ -219,10 +256,10 @@ def assemble(p: torch.Tensor, blocks: list[Block], directions: dict) -> torch.Te
     """A parameter's direction from its blocks' directions (``{block.key: tensor}``)."""
     if len(blocks) == 1:
         return directions[blocks[0].key].reshape(p.shape)
-    s = torch.empty_like(p)
+    s = p.new_empty(blocks[0].view)
     for blk in blocks:
         s[blk.slices] = directions[blk.key]
-    return s
+    return s.reshape(p.shape)
 
 
 def copy_to(value, device: torch.device):

@@ -53,8 +53,10 @@ class DistributedShampoo(Shampoo):
             error raised on rank 0 (debugging aid; one extra round trip per step).
 
     Every rank must call :meth:`step` with the same parameters having
-    gradients. Checkpoints are per rank: each rank's ``state_dict`` holds its
-    own blocks.
+    gradients, and :meth:`add_param_group` with the same groups. Checkpoints
+    are per rank: each rank's ``state_dict`` holds its own blocks and the
+    owner of every block, which :meth:`load_state_dict` restores (same world
+    size only).
     """
 
     def __init__(self, params, lr: float = 1e-3, beta1: float = 0.9, *, process_group=None,
@@ -68,17 +70,26 @@ class DistributedShampoo(Shampoo):
         self.average_gradients = average_gradients
         self.monitored_barrier_timeout_s = monitored_barrier_timeout_s
         self.comm_seconds = 0.0
-        self._owner: dict | None = None
-        self._owner_plan = None
+        self._owner: dict | None = None  # None while the constructor adds the initial groups
         super().__init__(params, lr, beta1, **kwargs)
+        self._owner = sb.assign_blocks(self._all_blocks(), self.world_size)
 
     # ------------------------------------------------------------ sharding
+    def _all_blocks(self) -> list[sb.Block]:
+        return [b for bl in self.blocks().values() for b in bl]
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group as ``torch.optim.Optimizer`` does. Its blocks are given owners
+        on top of the existing loads (:func:`~natgrad.optim.shampoo.blocks.assign_blocks`);
+        blocks already placed keep their rank and their statistics. Every rank must add
+        the same groups in the same order."""
+        super().add_param_group(param_group)
+        if self._owner is not None:
+            self._owner = sb.assign_blocks(self._all_blocks(), self.world_size, owners=self._owner)
+
     def assignment(self) -> dict[tuple[int, int], int]:
-        """Owner rank of every block key (greedy by cost, identical on every rank)."""
-        plan = self.blocks()
-        if self._owner is None or self._owner_plan is not plan:
-            self._owner = sb.assign_blocks([b for bl in plan.values() for b in bl], self.world_size)
-            self._owner_plan = plan
+        """Owner rank of every block key (greedy by cost, identical on every rank): the
+        constructor's groups placed together, each later group on top of them."""
         return self._owner
 
     def _owns(self, key: tuple[int, int]) -> bool:
@@ -141,6 +152,24 @@ class DistributedShampoo(Shampoo):
                 out[b.key] = x if x.dtype == pd else x.to(pd)
                 offset += b.numel
         return out
+
+    # --------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["shampoo"]["owners"] = dict(world_size=self.world_size,
+                                       blocks=[[*k, r] for k, r in sorted(self._owner.items())])
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load this rank's :meth:`state_dict`, with the block owners it was saved with."""
+        extra = dict(state_dict.get("shampoo", {}))
+        saved = extra.pop("owners", None)
+        if saved is not None and saved["world_size"] != self.world_size:
+            raise ValueError(f"this checkpoint was saved on {saved['world_size']} ranks; this run has "
+                             f"{self.world_size} (each rank's checkpoint holds only its own blocks)")
+        super().load_state_dict(state_dict | {"shampoo": extra})
+        if saved is not None:
+            self._owner = {(pi, bi): r for pi, bi, r in saved["blocks"]}
 
     # -------------------------------------------------------------- report
     def rank_report(self) -> dict:

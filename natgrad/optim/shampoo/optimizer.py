@@ -78,6 +78,14 @@ class Shampoo(torch.optim.Optimizer):
             ``"adagrad"``/``"rmsprop"``/``"sgd"`` are ``Adagrad(eps=graft_eps)``,
             ``RMSprop(alpha=graft_beta2, eps=graft_eps)`` and ``SGD(momentum=momentum)``.
         max_preconditioner_dim: dimensions larger than this are cut into blocks.
+        tensors: how a parameter with 3 or more axes (a convolution kernel
+            ``(out, in, kh, kw)``) is preconditioned: ``"modes"``, one factor per
+            axis; ``"matrix"``, as the ``(out, in*kh*kw)`` matrix (exactly Shampoo on
+            that reshaped parameter). See :mod:`natgrad.optim.shampoo.blocks`.
+        skip_preconditioning_rank_lt: parameters with fewer axes than this keep
+            no statistics and take the graft's step alone (the option of Anil et
+            al.'s implementation of that name): 2 leaves biases and gains to the
+            graft (Adam). Default 0: vectors get diagonal blocks.
         momentum: heavy-ball momentum on the final update, torch ``SGD``
             convention (:math:`b \leftarrow \mu b + U`, first :math:`b = U`).
         weight_decay, decoupled_weight_decay: decoupled (AdamW:
@@ -112,6 +120,8 @@ class Shampoo(torch.optim.Optimizer):
         graft_beta2: float = 0.999,
         graft_eps: float = 1e-8,
         max_preconditioner_dim: int = 1024,
+        tensors: str = "modes",
+        skip_preconditioning_rank_lt: int = 0,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = True,
@@ -121,12 +131,10 @@ class Shampoo(torch.optim.Optimizer):
         if lr < 0 or not 0 <= beta1 < 1 or not 0 < beta2 < 1 or not 0 <= momentum < 1:
             raise ValueError(f"need lr >= 0, 0 <= beta1 < 1, 0 < beta2 < 1, 0 <= momentum < 1 (got {lr}, {beta1}, "
                              f"{beta2}, {momentum})")
-        if statistics not in ("sum", "ema"):
-            raise ValueError(f"statistics must be 'sum' or 'ema', got {statistics!r}")
-        if epsilon_mode not in EPSILON_MODES:
-            raise ValueError(f"epsilon_mode must be one of {EPSILON_MODES}, got {epsilon_mode!r}")
-        if grafting not in GRAFTS:
-            raise ValueError(f"grafting must be one of {GRAFTS}, got {grafting!r}")
+        for name, value, allowed in (("statistics", statistics, ("sum", "ema")), ("grafting", grafting, GRAFTS),
+                                     ("epsilon_mode", epsilon_mode, EPSILON_MODES), ("tensors", tensors, sb.TENSOR_LAYOUTS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if precondition_frequency < 1 or max_preconditioner_dim < 1 or epsilon < 0 or weight_decay < 0:
             raise ValueError("precondition_frequency and max_preconditioner_dim must be >= 1, epsilon and "
                              "weight_decay >= 0")
@@ -137,9 +145,9 @@ class Shampoo(torch.optim.Optimizer):
                         epsilon_mode=epsilon_mode, exponent_override=exponent_override,
                         precondition_frequency=precondition_frequency, start_preconditioning_step=max(int(start), 1),
                         grafting=grafting, graft_beta2=graft_beta2, graft_eps=graft_eps,
-                        max_preconditioner_dim=max_preconditioner_dim, momentum=momentum,
-                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-                        preconditioner_dtype=preconditioner_dtype)
+                        max_preconditioner_dim=max_preconditioner_dim, tensors=tensors, momentum=momentum,
+                        skip_preconditioning_rank_lt=skip_preconditioning_rank_lt, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, preconditioner_dtype=preconditioner_dtype)
         super().__init__(params, defaults)
         self.skip_nonfinite = skip_nonfinite
         self.root_failures = 0
@@ -163,8 +171,9 @@ class Shampoo(torch.optim.Optimizer):
                 names = group.get("param_names") or [None] * len(group["params"])
                 for p, name in zip(group["params"], names, strict=True):
                     dtype = group["preconditioner_dtype"] or p.dtype
-                    plan[p] = sb.plan_blocks(tuple(p.shape), group["max_preconditioner_dim"], index,
-                                             name or f"param{index}", dtype)
+                    skip = p.dim() < group.get("skip_preconditioning_rank_lt", 0)
+                    plan[p] = [] if skip else sb.plan_blocks(tuple(p.shape), group["max_preconditioner_dim"], index,
+                                             name or f"param{index}", dtype, group.get("tensors", "modes"))
                     index += 1
             self._plan = plan
         return self._plan
@@ -237,7 +246,7 @@ class Shampoo(torch.optim.Optimizer):
             dens = graft_denominators(group["grafting"], group["graft_beta2"], group["graft_eps"],
                                       [st.get("graft") for st in states], grads, ts)
             start, freq = group["start_preconditioning_step"], group["precondition_frequency"]
-            on = [t >= start for t in ts]
+            on = [t >= start and bool(plan[p]) for t, p in zip(ts, ps, strict=True)]  # skipped: graft only
             m_hats = [None] * len(ps)  # first moments of the preconditioned parameters
             live = [i for i in range(len(ps)) if on[i]]
             if live:
@@ -267,8 +276,8 @@ class Shampoo(torch.optim.Optimizer):
             bc2 = 1 - group["beta2"] ** t if ema else 1.0
             if m_hat is not None:
                 active.extend(blocks)
-            if p.dim() == 0:
-                g, m_hat = g.reshape(1), (None if m_hat is None else m_hat.reshape(1))
+            if blocks and g.shape != blocks[0].view:  # 0-D, or a tensor blocked as a matrix
+                g, m_hat = g.reshape(blocks[0].view), (None if m_hat is None else m_hat.reshape(blocks[0].view))
             for blk in blocks:
                 if not self._owns(blk.key):
                     continue

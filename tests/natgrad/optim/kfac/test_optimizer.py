@@ -17,11 +17,22 @@ import torch
 from torch import nn
 
 from natgrad.curvature import exact_fisher, kfac_block, kfac_factors, layer_slices
-from natgrad.optim import KFAC, LevenbergMarquardt, ggn_vp, levenberg_marquardt, lm_omega
+from natgrad.optim import KFAC as _KFAC
+from natgrad.optim import LevenbergMarquardt, ggn_vp, levenberg_marquardt, lm_omega
 from natgrad.optim.kfac.quadratic import ggn_inner, output_jvps
 from tests.natgrad.models import mlp
 
 DT = torch.float64
+# These tests check the mechanics one at a time, so they start from the plain algorithm:
+# fixed step, no momentum, no damping adaptation, no trust region, factors every step.
+# The safeguarded defaults are tested in test_safeguard.py and test_defaults.py.
+PLAIN = dict(step_size_rule="fixed", momentum=0.0, adaptive_damping=False, damping=1e-2, factor_update_steps=1,
+             inverse_update_steps=10, damping_adaptation_interval=5, damping_bounds=(1e-8, 1e4), max_kl=None,
+             max_momentum=1e9, curvature_examples=None)
+
+
+def KFAC(model, **kwargs):  # noqa: N802 - stands in for the class
+    return _KFAC(model, **{**PLAIN, **kwargs})
 
 
 def _flat(model):
@@ -353,15 +364,15 @@ def test_lm_rule_through_the_optimizer(interval, monkeypatch):
     model = _mlp((4, 5, 3))
     X, y = _data(8, 4, 3, "softmax")
     opt = KFAC(model, likelihood="softmax", lr=0.1, damping=0.5, adaptive_damping=True,
-               damping_adaptation_interval=interval, damping_bounds=(0.45, 0.55))
+               damping_adaptation_interval=interval, damping_bounds=(0.45, 0.55), reject_steps=False)
     script = iter([0.9, 0.1, 0.5, 0.8, 0.25, 0.75, 0.1, 0.1, 0.1, 0.1, 0.1])
     calls = []
 
-    def fake_rho(inputs, targets, h0, predicted):
+    def fake_rho(h0, h1, predicted):
         calls.append(opt.steps)
         return next(script)
 
-    monkeypatch.setattr(opt, "_compute_rho", fake_rho)
+    monkeypatch.setattr(opt, "_rho", fake_rho)
     omega = (19 / 20) ** interval
     lam, expected = 0.5, []
     for rho in [0.9, 0.1, 0.5, 0.8, 0.25, 0.75, 0.1, 0.1, 0.1]:
@@ -469,7 +480,7 @@ def test_eigh_failure_always_keeps_previous_inverse(monkeypatch):
     opt = KFAC(model, likelihood="softmax", inverse_update_steps=1, lr=0.1)
     for _ in range(2):
         opt.step(X, y)
-    before = {n: (ea[0].clone(), ea[1].clone(), eg[0].clone(), eg[1].clone()) for n, (ea, eg) in opt._eig.items()}
+    before = {n: (ea[0].clone(), ea[1].clone(), eg[0].clone(), eg[1].clone()) for n, (ea, eg) in opt._inv.items()}
 
     def broken(M, *args, **kwargs):
         raise torch.linalg.LinAlgError("simulated permanent failure")
@@ -479,7 +490,7 @@ def test_eigh_failure_always_keeps_previous_inverse(monkeypatch):
     losses = [opt.step(X, y) for _ in range(3)]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert not torch.equal(_flat(model), theta)  # training continued
-    for n, (ea, eg) in opt._eig.items():
+    for n, (ea, eg) in opt._inv.items():
         for old, new in zip(before[n], (*ea, *eg), strict=True):
             assert torch.equal(old, new)
     assert opt.event_counts == {"eigh_failed": 3 * 2 * 2}  # 3 steps x 2 layers x (A, G)

@@ -11,20 +11,20 @@ exactly too.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
 import pytest
 import torch
 
-from natgrad.distributed import DistributedRunError, launch
+from natgrad.distributed import DistributedRunError, launch, live_ranks
 from natgrad.optim.shampoo import blocks as sb
 from natgrad.optim.shampoo.distributed import DistributedShampoo
 from natgrad.optim.shampoo.optimizer import Shampoo
 from natgrad.sharding import DATA_SIZE
 from natgrad.tasks.digits import autoencoder_loss, digits_autoencoder, load_digits_tensors
 from tests.conftest import ROOT
+from tests.natgrad.optim.shampoo.test_optimizer import same_state
 
 WIDTHS = (64, 48, 16, 48, 64)
 KW = dict(lr=3e-3, precondition_frequency=3, start_preconditioning_step=2, max_preconditioner_dim=20,
@@ -100,6 +100,11 @@ def test_greedy_assignment_is_deterministic_and_balanced():
               sb.Block((4, 0), "e", (), (2, 2), False, torch.float32)]
     assert sb.assign_blocks(blocks, 2) == {(0, 0): 0, (1, 0): 1, (4, 0): 1, (3, 0): 1, (2, 0): 1}
     assert sb.assign_blocks(blocks, 1) == {b.key: 0 for b in blocks}
+    # blocks placed before keep their rank and load: a (54) on 1, b (16) on 0; then e (16) -> 0, d (5) -> 0,
+    # c (2) -> 0 (loads 16 -> 32 -> 37 -> 39, all below 54)
+    placed = {(0, 0): 1, (1, 0): 0}
+    assert sb.assign_blocks(blocks, 2, owners=placed) == {(0, 0): 1, (1, 0): 0, (4, 0): 0, (3, 0): 0, (2, 0): 0}
+    assert placed == {(0, 0): 1, (1, 0): 0}  # not modified
 
 
 def test_without_process_group_it_is_shampoo():
@@ -144,7 +149,7 @@ def test_a_rank_that_raises_is_named():
     with pytest.raises(DistributedRunError, match=r"rank 1 failed: ValueError: injected failure on rank 1"):
         launch(_failing_worker, 2, timeout_s=20)
     assert time.monotonic() - t0 < 20
-    assert not multiprocessing.active_children()
+    assert live_ranks() == []
 
 
 def test_a_rank_that_hangs_is_named_within_the_timeout():
@@ -154,7 +159,7 @@ def test_a_rank_that_hangs_is_named_within_the_timeout():
     # rank 0 gives up 3 s into the hang and the launcher stops at once: well before the
     # 45 s timeout or the 120 s sleep (most of the time is two processes importing torch)
     assert time.monotonic() - t0 < 40
-    assert not multiprocessing.active_children()
+    assert live_ranks() == []
 
 
 def test_example_script_trains_in_one_process():
@@ -194,3 +199,93 @@ def test_readme_torchrun_command_runs_two_ranks():
     assert out.returncode == 0, out.stderr[-2000:]
     owned = {int(r): int(n) for r, n in re.findall(r"rank (\d)/2: (\d+) blocks", out.stdout)}
     assert owned.keys() == {0, 1} and sum(owned.values()) == 4 * 2 + 4 + 8  # as in the one-process test above
+
+
+# ------------------------------------------------------------------ add_param_group
+ADD_KW = dict(lr=3e-3, precondition_frequency=2, start_preconditioning_step=1, max_preconditioner_dim=16)
+ADD_STEPS = (6, 6)  # steps before and after the decoder's group is added
+
+
+def _add_group_worker(rank: int, world_size: int) -> dict:
+    """Rank r trains the encoder of a 64-48-16-48-64 autoencoder on its shard (averaged
+    gradients); the decoder, frozen until then, joins as a second group (its own lr) after
+    ADD_STEPS[0] steps. Rank 0 also runs single-process Shampoo on the mean of the
+    shard gradients, so both see the same numbers."""
+    X = load_digits_tensors()[0][:240]  # (240, 64)
+
+    def train(distributed: bool):
+        model = digits_autoencoder(seed=0, widths=(64, 48, 16, 48, 64))
+        enc, dec = list(model[:3].parameters()), list(model[3:].parameters())
+        for p in dec:
+            p.requires_grad_(False)
+        opt = (DistributedShampoo(enc, average_gradients=True, **ADD_KW) if distributed else Shampoo(enc, **ADD_KW))
+        owners_before, state_before = None, None
+        for t in range(sum(ADD_STEPS)):
+            if t == ADD_STEPS[0]:
+                if distributed:
+                    owners_before = dict(opt.assignment())
+                state_before = {i: sb.copy_to(opt.state[p], "cpu") for i, p in enumerate(enc)}
+                for p in dec:
+                    p.requires_grad_(True)
+                opt.add_param_group({"params": dec, "lr": 2e-3})
+                assert same_state(state_before, {i: opt.state[p] for i, p in enumerate(enc)})  # nothing touched
+            opt.zero_grad()
+            if distributed:
+                data = X[rank::world_size]
+                autoencoder_loss(model(data), data).backward()
+            else:
+                live = [p for p in model.parameters() if p.requires_grad]
+                shards = [torch.autograd.grad(autoencoder_loss(model(X[r::world_size]), X[r::world_size]), live)
+                          for r in range(world_size)]
+                for i, p in enumerate(live):
+                    total = shards[0][i]
+                    for g in shards[1:]:
+                        total = total + g[i]
+                    p.grad = total / world_size
+            opt.step()
+        return model, opt, owners_before
+
+    model, opt, owners_before = train(distributed=True)
+    out = dict(params=[p.detach().clone() for p in model.parameters()], owners_before=owners_before,
+               owners_after=dict(opt.assignment()), report=opt.rank_report())
+    # a checkpoint restores the owners: a fresh optimizer built with both groups at once
+    # (which would place the blocks differently) continues exactly like the original
+    fresh = digits_autoencoder(seed=0, widths=(64, 48, 16, 48, 64))
+    fresh.load_state_dict(model.state_dict())
+    resumed = DistributedShampoo([{"params": fresh[:3].parameters()}, {"params": fresh[3:].parameters(), "lr": 2e-3}],
+                                 average_gradients=True, **ADD_KW)
+    out["fresh_owners"] = dict(resumed.assignment())
+    resumed.load_state_dict(opt.state_dict())
+    out["resumed_owners"] = dict(resumed.assignment())
+    data = X[rank::world_size]
+    for m, o in ((model, opt), (fresh, resumed)):
+        for _ in range(3):
+            o.zero_grad()
+            autoencoder_loss(m(data), data).backward()
+            o.step()
+    out["resumed_equal"] = all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters(), strict=True))
+    if rank == 0:
+        ref_model, ref, _ = train(distributed=False)
+        out["reference"] = [p.detach().clone() for p in ref_model.parameters()]
+        out["reference_bytes"] = ref.preconditioner_bytes()
+    return out
+
+
+def test_add_param_group_keeps_owners_and_matches_single_process():
+    """DistributedShampoo.add_param_group on 2 ranks: existing blocks keep their owner (and
+    so their statistics), the new group's blocks are spread over both ranks, and training
+    goes on exactly as single-process Shampoo given the same gradients."""
+    results = launch(_add_group_worker, 2, timeout_s=90)
+    ref = results[0]
+    for res in results:
+        for p, q in zip(res["params"], ref["reference"], strict=True):
+            assert torch.equal(p, q)
+        assert res["owners_before"].items() <= res["owners_after"].items()  # no block moved
+    assert results[0]["owners_after"] == results[1]["owners_after"]
+    new = set(ref["owners_after"]) - set(ref["owners_before"])
+    assert new and {ref["owners_after"][k] for k in new} == {0, 1}
+    reports = [r["report"] for r in results]
+    assert sum(r["preconditioner_bytes"] for r in reports) == ref["reference_bytes"]
+    # checkpoints carry the owners
+    assert ref["fresh_owners"] != ref["owners_after"]  # the check below is not vacuous
+    assert all(r["resumed_owners"] == r["owners_after"] and r["resumed_equal"] for r in results)

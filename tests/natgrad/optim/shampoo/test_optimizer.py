@@ -342,6 +342,103 @@ def test_checkpoint_resume_is_bitwise(kw, X):
     assert opt2.stats()["root_computations"] == opt.stats()["root_computations"]
 
 
+def same_state(a, b) -> bool:
+    """Nested optimizer states equal: same keys, same tensors (torch.equal), same numbers."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_add_param_group_keeps_state_and_equals_one_optimizer_from_the_start(X):
+    """Shampoo over the encoder, the decoder added as a group after 5 steps, equals one
+    Shampoo over both groups from the start whose decoder has no gradients for those
+    5 steps (a parameter without a gradient is skipped, as in torch.optim): existing
+    statistics, roots, moments and step counts survive add_param_group."""
+    kw = dict(lr=3e-3, precondition_frequency=2, start_preconditioning_step=1, max_preconditioner_dim=20)
+    models = [digits_autoencoder(seed=0, widths=WIDTHS) for _ in range(2)]
+    late = Shampoo(models[0][:3].parameters(), **kw)
+    early = Shampoo([{"params": models[1][:3].parameters()}, {"params": models[1][3:].parameters(), "lr": 2e-3}],
+                    **kw)
+    for t in range(11):
+        if t == 5:
+            before = copy.deepcopy(late.state_dict()["state"])
+            late.add_param_group({"params": list(models[0][3:].parameters()), "lr": 2e-3})
+            after = late.state_dict()["state"]
+            assert same_state(before, after)
+            assert all(torch.equal(late.state[p]["blocks"][0]["roots"][0], early.state[q]["blocks"][0]["roots"][0])
+                       for p, q in zip(models[0][:3].parameters(), models[1][:3].parameters(), strict=True)
+                       if p.dim() == 2)
+        for model, opt in zip(models, (late, early), strict=True):
+            opt.zero_grad()
+            autoencoder_loss(model(X), X).backward()
+            if t < 5:
+                for p in model[3:].parameters():
+                    p.grad = None
+            opt.step()
+    assert [b.key for bl in late.blocks().values() for b in bl] == [b.key for bl in early.blocks().values() for b in bl]
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("max_dim", [1024, 10])
+def test_tensors_as_matrix_is_shampoo_on_the_reshaped_parameter(max_dim):
+    """tensors="matrix": a convolution kernel (8, 3, 3, 3) is preconditioned exactly as
+    Shampoo preconditions the (8, 27) matrix parameter that the same convolution reads
+    through a view (with max_dim 10: the 27 columns in blocks 0:10, 10:20, 20:27)."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 6, 6, dtype=torch.float64)
+    y = torch.randn(16, 8, 6, 6, dtype=torch.float64)
+    w0, b0 = torch.randn(8, 3, 3, 3, dtype=torch.float64) / 5, torch.zeros(8, dtype=torch.float64)
+    kernel = torch.nn.Parameter(w0.clone())  # (8, 3, 3, 3)
+    matrix = torch.nn.Parameter(w0.reshape(8, 27).clone())  # (8, 27)
+    modes = torch.nn.Parameter(w0.clone())
+    biases = [torch.nn.Parameter(b0.clone()) for _ in range(3)]
+    kw = dict(lr=1e-2, precondition_frequency=2, start_preconditioning_step=1, max_preconditioner_dim=max_dim,
+              exponent_override=2)
+    opts = [Shampoo([kernel, biases[0]], tensors="matrix", **kw), Shampoo([matrix, biases[1]], **kw),
+            Shampoo([modes, biases[2]], tensors="modes", **kw)]
+    weights = [kernel, matrix, modes]  # each read as an (8, 3, 3, 3) kernel below
+    for _ in range(8):
+        for opt, w, b in zip(opts, weights, biases, strict=True):
+            opt.zero_grad()
+            out = torch.nn.functional.conv2d(x, w.view(8, 3, 3, 3), b, padding=1)
+            ((out - y) ** 2).mean().backward()
+            opt.step()
+    assert torch.equal(kernel.reshape(8, 27), matrix) and torch.equal(biases[0], biases[1])
+    assert (kernel - modes).abs().max() > 1e-4  # the two layouts do differ
+    shapes = [[b.shape for b in opt.blocks()[p]] for opt, p in zip(opts, (kernel, matrix, modes), strict=True)]
+    assert shapes[0] == shapes[1] == ([(8, 27)] if max_dim == 1024 else [(8, 10), (8, 10), (8, 7)])
+    assert shapes[2] == ([(8, 3, 3, 3)] if max_dim == 1024 else [(8, 3, 3, 3)])
+    with pytest.raises(ValueError, match="tensors must be one of"):
+        Shampoo([kernel], tensors="blocks")
+
+
+@pytest.mark.parametrize("case", ["adam", "rmsprop", "sgd-momentum"])
+def test_skipped_parameters_take_the_graft_step_alone(case):
+    """skip_preconditioning_rank_lt=2: vectors keep no statistics and are updated exactly as
+    the graft's torch optimizer updates them (torch.equal, given the same gradients), while
+    the matrices are still preconditioned (their steps differ from the graft's)."""
+    kwargs, make_ref = GRAFT_CASES[case]
+    lr = 0.05 if case.startswith("sgd") else 3e-3
+    g = torch.Generator().manual_seed(0)
+    grads = [(torch.randn(6, 5, generator=g), torch.randn(6, generator=g)) for _ in range(12)]
+    (w_a, b_a), (w_b, b_b) = [[torch.nn.Parameter(torch.ones(6, 5)), torch.nn.Parameter(torch.ones(6))]
+                              for _ in range(2)]
+    ours = Shampoo([w_a, b_a], lr=lr, start_preconditioning_step=1, skip_preconditioning_rank_lt=2, **kwargs)
+    ref = make_ref([w_b, b_b], lr)
+    for gw, gb in grads:
+        for w, b, opt in ((w_a, b_a, ours), (w_b, b_b, ref)):
+            w.grad, b.grad = gw.clone(), gb.clone()
+            opt.step()
+    assert torch.equal(b_a, b_b) and not torch.allclose(w_a, w_b)
+    assert ours.blocks()[b_a] == [] and ours.state[b_a]["blocks"] == {}
+    assert ours.preconditioner_bytes() == 4 * (6 * 6 + 5 * 5) * 2  # the weight's two factors and roots only
+
+
 # ------------------------------------------------------------------ surface
 def test_param_groups_names_zero_dim_and_fp64():
     """Named parameters label blocks; groups keep their own hyper-parameters; a
@@ -389,7 +486,7 @@ def test_an_empty_parameter_changes_nothing(mode):
     assert e.shape == (0,)
 
 
-@pytest.mark.parametrize("bad", [dict(grafting="lion"), dict(statistics="max"), dict(epsilon_mode="x"),
+@pytest.mark.parametrize("bad", [dict(grafting="lion"), dict(statistics="max"), dict(epsilon_mode="x"), dict(tensors="x"),
                                  dict(beta1=1.0), dict(precondition_frequency=0), dict(exponent_override=-2)])
 def test_rejects_bad_hyperparameters(bad):
     with pytest.raises(ValueError):

@@ -1,0 +1,67 @@
+"""Lesson 8's section on the course's own benchmarks quotes the stored results
+(docs/bench/*.json); each figure it prints is recomputed here from those files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from natgrad.bench import protocol
+
+ROOT = Path(__file__).resolve().parents[3]
+LESSON = (ROOT / "lessons" / "08-practice" / "lesson.md").read_text()
+SECTION = LESSON.split("## What this course's own benchmarks show", 1)[1].split("\n## ", 1)[0]
+
+
+def _load(name: str) -> dict:
+    return protocol.load(ROOT / "docs" / "bench" / f"{name}.json")
+
+
+def test_the_section_sits_before_what_came_after():
+    assert LESSON.index("## What this course's own benchmarks show") < LESSON.index("## What came after")
+
+
+def test_kfac_autoencoder_figures():
+    r = _load("kfac")
+    tasks = r.get("tasks", {"digits-autoencoder": r})
+    hard = tasks["digits-autoencoder"]["targets"][-1]
+    per_step = tasks["digits-autoencoder"]["time_per_step_ratio"]
+    assert (f"in {hard['kfac_steps']} steps against Adam's {hard['adam_steps']} ({hard['step_ratio']:.1f}x fewer)"
+            in SECTION)
+    assert (f"in {hard['kfac_seconds']:.1f} s against {hard['adam_seconds']:.1f} s ({hard['time_ratio']:.1f}x less "
+            "wall-clock)" in SECTION)
+    assert f"each K-FAC step cost {per_step:.2f}x an Adam step" in SECTION
+
+
+def test_shampoo_figures():
+    r = _load("shampoo")
+    ae, mlp, cnn = (r["tasks"][t] for t in ("digits-autoencoder", "digits-classifier", "digits-cnn"))
+    assert (f"{ae['targets'][-1]['step_ratio']:.1f}x fewer steps on the autoencoder and "
+            f"{mlp['targets'][-1]['step_ratio']:.1f}x fewer on the MLP classifier" in SECTION)
+    ratios = [g["value"] for g in r["goals"] if "time per step" in g["goal"]]
+    assert f"at {ratios[0]:.2f}x and {ratios[1]:.2f}x Adam's time per step" in SECTION
+    first = cnn["targets"][0]
+    assert (f"(its loss after {first['adam_horizon']} steps) Shampoo needed only {first['step_ratio']:.1f}x fewer "
+            f"steps and {first['time_ratio']:.1f}x less time" in SECTION)
+    assert first["step_ratio"] < cnn["targets"][-1]["step_ratio"]  # "grew only as the targets got harder"
+
+
+def test_soap_and_muon_figures():
+    r = _load("soap-muon")
+    ae, mlp = r["tasks"]["digits-autoencoder"], r["tasks"]["digits-classifier"]
+    s_ae, s_mlp = ae["targets"]["soap"][-1], mlp["targets"]["soap"][-1]
+    assert (f"SOAP needed {s_ae['step_ratio']:.1f}x fewer steps on the autoencoder ({s_ae['time_ratio']:.1f}x less "
+            f"time) and {s_mlp['step_ratio']:.1f}x fewer on the classifier ({s_mlp['time_ratio']:.1f}x less time), "
+            f"at {r['timing']['ours_vs_adam']:.2f}x Adam's time per step" in SECTION)
+    m_ae = ae["targets"]["muon"][-1]
+    assert f"in {m_ae['step_ratio']:.1f}x fewer steps but only {m_ae['time_ratio']:.1f}x less time" in SECTION
+    easy = mlp["targets"]["muon"][0]
+    assert all(t["muon_steps"] is None for t in mlp["targets"]["muon"][1:])  # "reached only the easiest target"
+    assert f"in {easy['muon_steps']} steps against Adam's {easy['adam_steps']}" in SECTION
+
+
+def test_sophia_figures():
+    r = _load("sophia")
+    g, h = r["targets"]["Sophia-G"][-1], r["targets"]["Sophia-H"][-1]
+    assert r["protocol"]["batch_size"] == 16 and "mini-batches of 16" in SECTION
+    assert (f"needed {g['sophia_steps'] / g['adam_steps']:.2f}x AdamW's steps (Sophia-G) and "
+            f"{h['sophia_steps'] / h['adam_steps']:.2f}x (Sophia-H) at the hardest target" in SECTION)

@@ -1,0 +1,160 @@
+"""What every figure shares: a colour per method, decades on log axes, bytes in SI units, titles
+in words, and nothing drawn that is not in the data (no bar of 1 for a zero cost)."""
+
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from natgrad.costs import human_bytes
+from natgrad.viz import (
+    COLORS,
+    PREVIOUS,
+    color_of,
+    cost_figure,
+    fisher_panels,
+    hparams_text,
+    layer_cost_figure,
+    log_decades,
+    loss_figure,
+    rank_bars_figure,
+    recolor,
+    safeguard_trace_figure,
+)
+from natgrad.viz.preconditioners import training_figure
+from natgrad.viz.race import race_figure, step_time_figure
+from natgrad.viz.style import SPARE
+
+ALIASES = [{"SGD", "SGD+momentum"}, {"Sophia", "Sophia-G"}, {"Muon", "torch.optim.Muon"},
+           {"Shampoo", "exponent -1/4", "Shampoo -1/4"}, {"exponent -1/2", "Shampoo -1/2"},
+           {"Adam", "power −1/2", "Adam / RMSprop"}, {"power −1 ", "diagonal Fisher"},
+           {"natural gradient", "full natural gradient", "U V^T"}]
+
+
+def _traj(loss, status="ok"):
+    n = len(loss)
+    return SimpleNamespace(step=list(range(n)), seconds=[0.01 * i for i in range(n)], loss=loss, status=status)
+
+
+def test_methods_that_differ_have_different_colours_and_spares_are_nobodys():
+    by_color: dict[str, set[str]] = {}
+    for name, c in COLORS.items():
+        by_color.setdefault(c, set()).add(name)
+    for names in by_color.values():
+        if len(names) > 1:
+            assert names in ALIASES, f"{sorted(names)} share a colour but are different methods"
+    assert not set(SPARE) & set(COLORS.values())
+
+
+def test_one_name_has_one_colour_in_every_chart():
+    trajs = {"K-FAC": _traj([1.0, 0.1]), "Adam": _traj([1.0, 0.5]), "layer 3": _traj([1.0, 0.7])}
+    figs = [loss_figure(trajs), race_figure(trajs), recolor(loss_figure(trajs))]
+    for fig in figs:
+        for t in fig.data:
+            if t.name in ("K-FAC", "Adam"):
+                assert t.line.color == COLORS[t.name]
+    bars = step_time_figure({"Adam": 3.0, "K-FAC": 9.0})
+    assert list(bars.data[0].marker.color) == [COLORS["Adam"], COLORS["K-FAC"]]
+    series = {"K-FAC": {m: [0.5, 0.6] for m in ("cosine with the natural gradient", "relative error (best step length)",
+                                                "condition number of P(F + λI)")}}
+    assert {t.line.color for t in training_figure([0, 1], series).data} == {COLORS["K-FAC"]}
+    # the longest name that starts the label wins: AdamW is not Adam, a previous run keeps its method's colour
+    assert color_of("AdamW (tuned)") == COLORS["AdamW"] != COLORS["Adam"]
+    assert color_of(f"K-FAC {PREVIOUS}") == COLORS["K-FAC"]
+    assert color_of("layer 2", 1) == SPARE[1]
+
+
+def test_previous_runs_are_dashed():
+    fig = loss_figure({"Adam": _traj([1.0, 0.5]), f"Adam {PREVIOUS}": _traj([1.0, 0.4])})
+    assert [t.line.dash for t in fig.data] == ["solid", "dash"]
+
+
+def test_log_axes_label_decades_only_when_they_span_a_decade():
+    wide = loss_figure({"Adam": _traj([10.0, 1.0, 1e-3])})
+    assert wide.layout.yaxis.dtick == 1 and wide.layout.yaxis.exponentformat == "power"
+    narrow = loss_figure({"Adam": _traj([0.5, 0.3])})
+    assert narrow.layout.yaxis.dtick is None  # a decade tick would leave the axis without a label
+    # subplots: each log axis is judged by its own data
+    fig = go.Figure([go.Scatter(x=[1, 2], y=[1e-6, 1.0]), go.Scatter(x=[1, 2], y=[0.2, 0.3], xaxis="x2", yaxis="y2")])
+    fig.update_layout(yaxis=dict(type="log"), yaxis2=dict(type="log"), xaxis2=dict(anchor="y2"))
+    log_decades(fig)
+    assert fig.layout.yaxis.dtick == 1 and fig.layout.yaxis2.dtick is None
+
+
+ROWS = [{"name": "exact Fisher block", "bytes": 4e10, "bytes_text": human_bytes(4e10), "invert": 9e15},
+        {"name": "K-FAC (A and G)", "bytes": 1.6e10, "bytes_text": human_bytes(1.6e10), "invert": 4e12},
+        {"name": "diagonal", "bytes": 4e9, "bytes_text": human_bytes(4e9), "invert": 0.0}]
+
+
+def test_a_zero_cost_has_no_bar_and_says_zero():
+    fig = cost_figure(ROWS, "invert", "FLOPs to invert")
+    bar = fig.data[0]
+    assert bar.y[2] is None and bar.text[2].startswith("0")
+    assert all(v > 1 for v in bar.y[:2])
+    parts = layer_cost_figure([{"layer": "1", "statistics": 10.0, "inverses": 0.0, "apply": 5.0}])
+    assert [t.y[0] for t in parts.data] == [10.0, None, 5.0]
+
+
+def test_byte_axes_use_the_tables_units():
+    log = cost_figure(ROWS, "bytes", "memory")
+    ticks = list(log.layout.yaxis.ticktext)
+    assert "10 GB" in ticks and not any(re.fullmatch(r"[\d.]+B", t) for t in ticks)  # never "10B"
+    assert list(log.data[0].text) == ["40 GB", "16 GB", "4 GB"]  # as human_bytes writes the table
+    linear = cost_figure(ROWS, "bytes", "memory", log=False)
+    assert linear.layout.yaxis.type != "log" and linear.layout.yaxis.title.text == "memory (GB)"
+    assert list(linear.data[0].y) == pytest.approx([40.0, 16.0, 4.0])  # a 4x difference is 4x as tall
+    ranks = rank_bars_figure({"statistics": [3e6, 1e6]}, "memory per rank", "memory", bytes_axis=True, level=2e6)
+    assert ranks.layout.yaxis.title.text == "memory (MB)" and list(ranks.data[0].y) == [3.0, 1.0]
+    assert ranks.layout.shapes[0].y0 == 2.0
+
+
+def test_trace_panels_are_titled_in_words():
+    traces = {k: [1.0, 0.5] for k in ("damping", "rho", "alpha", "step_norm")}
+    fig = safeguard_trace_figure([1, 2], traces, {"rejected": [0, 1], "bound": [0, 0]}, log_y=("damping",))
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:2] == ["damping λ", "reduction ratio ρ (actual / predicted decrease)"]
+    assert not {"rho", "alpha", "step_norm", "damping"} & set(titles)
+    assert not any(t.name in ("rho", "alpha", "step_norm") for t in fig.data)
+
+
+def test_heatmaps_have_axis_titles_named_layers_and_a_titled_colour_bar():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(12, 12))
+    m = a @ a.T
+    figs = fisher_panels({"exact": m, "K-FAC": np.diag(np.diag(m))}, {"K-FAC": 0.25}, boundaries=[5, 9])
+    assert len(figs) == 2
+    for fig in figs:
+        assert fig.layout.xaxis.title.text == "parameter index (column)"
+        assert fig.layout.yaxis.title.text == "parameter index (row)"
+        assert [t.split("<br>")[0] for t in fig.layout.xaxis.ticktext] == ["layer 1", "layer 2", "layer 3"]
+        assert fig.layout.xaxis.ticktext[1].endswith("5–8")
+    heat = figs[-1].data[0]
+    assert heat.showscale and "entry" in heat.colorbar.title.text
+    assert figs[0].data[0].showscale is False  # one colour bar for the pair: the scale is shared
+    assert figs[0].data[0].zmax == figs[1].data[0].zmax
+    assert "relative error 25.0%" in figs[1].layout.title.text
+    # the colour bar's labels are entries' values: the largest tick maps back to a real magnitude
+    scale = float(np.abs(m).max()) * 1e-4
+    k = max(heat.colorbar.tickvals)
+    assert float(heat.colorbar.ticktext[list(heat.colorbar.tickvals).index(k)]) == pytest.approx(
+        scale * (10**k - 1), rel=0.05)
+
+
+def test_benchmark_legends_are_words_not_dicts():
+    text = hparams_text({"lr": 0.005879932287106993, "damping": 0.1, "betas": [0.965, 0.99], "fisher_type": "true"},
+                        keys=("lr", "damping", "rho"))
+    assert text == "learning rate 0.00588, damping λ 0.1"
+    assert "{" not in hparams_text({"betas": [0.9, 0.99], "weight_decay": 0.1})
+
+
+def test_every_figure_has_a_title_and_axis_titles():
+    for fig in (loss_figure({"Adam": _traj([1.0, 0.5])}), cost_figure(ROWS, "bytes", "memory"),
+                step_time_figure({"Adam": 1.0}), rank_bars_figure({"s": [1.0]}, "time", "seconds")):
+        spec = json.loads(fig.to_json())["layout"]
+        assert spec.get("title", {}).get("text")
+        assert spec["xaxis"].get("title", {}).get("text") and spec["yaxis"].get("title", {}).get("text")
