@@ -8,6 +8,7 @@ and the field, so a malformed lesson fails a test with a readable message.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,26 @@ class LessonError(ValueError):
         super().__init__(f"{self.path}: field '{field_name}': {problem}")
 
 
+def option_id(text: str) -> str:
+    """The id of an option that has none in its file: a slug of its first words and
+    a hash of its whole text. Reordering options keeps it; editing the text changes it
+    (a saved answer naming the old text then shows as stale instead of silently
+    pointing at the edited option)."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    slug = "-".join(words)[:24].strip("-") or "option"
+    return f"{slug}-{hashlib.sha1(text.strip().encode()).hexdigest()[:6]}"
+
+
 @dataclass(frozen=True)
 class Option:
     text: str
     correct: bool
     explanation: str
+    id: str = ""  # stable across reordering; saved answers name options by it (default: option_id(text))
+
+    def __post_init__(self):
+        if not self.id:
+            object.__setattr__(self, "id", option_id(self.text))
 
 
 @dataclass(frozen=True)
@@ -69,11 +85,31 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """The question a lab asks before its first run ("Predict, then run"): not graded, the run answers it."""
+
+    prompt: str
+    options: tuple[Option, ...]
+
+
+@dataclass(frozen=True)
 class Lab:
     id: str
     title: str
     description: str
     issue: int | None = None
+    lesson: str = ""  # the slug of the lesson that lists it
+    predict: Prediction | None = None
+    captions: tuple[tuple[str, str], ...] = ()  # (figure key, what to look for in it)
+
+    def caption(self, key: str) -> str:
+        """What to look for in the figure drawn under ``key`` ("" when the lesson says nothing)."""
+        return dict(self.captions).get(key, "")
+
+    @property
+    def prediction_id(self) -> str:
+        """The question id under which the learner's prediction is saved with their answers."""
+        return f"predict-{self.id}"
 
 
 @dataclass(frozen=True)
@@ -98,8 +134,14 @@ class Lesson:
     questions: tuple[Question, ...]
     body: str
     icon: str = ""
+    nav_title: str = ""  # the short title in the navigation (the page heading keeps ``title``)
     related: tuple[str, ...] = ()
     folder: Path = field(default=Path("."), compare=False)
+
+    @property
+    def short_title(self) -> str:
+        """The title in the navigation: ``nav_title``, or the full title when there is none."""
+        return self.nav_title or self.title
 
     @property
     def graded_questions(self) -> tuple[Question, ...]:
@@ -181,10 +223,12 @@ def _parse_option(raw: Any, path: Path, where: str) -> Option:
     correct = raw.get("correct", False)
     if not isinstance(correct, bool):
         raise LessonError(path, f"{where}.correct", "must be true or false")
+    oid = _ident(raw, "id", path, f"{where}.") if raw.get("id") is not None else ""
     return Option(
         text=_str(raw, "text", path, f"{where}."),
         correct=correct,
         explanation=_str(raw, "explanation", path, f"{where}."),
+        id=oid,
     )
 
 
@@ -215,6 +259,10 @@ def _parse_question(raw: Any, path: Path, index: int) -> Question:
             raise LessonError(path, f"{where}.options", "a multiple-choice question needs at least one correct option")
         if len({o.text for o in options}) != len(options):
             raise LessonError(path, f"{where}.options", "two options have the same text")
+        ids = [o.id for o in options]
+        if len(set(ids)) != len(ids):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            raise LessonError(path, f"{where}.options", f"two options have the same id: {', '.join(dupes)}")
         return Question(options=options, **common)
     if kind == "numeric":
         if "answer" not in raw:
@@ -236,6 +284,93 @@ def _parse_question(raw: Any, path: Path, index: int) -> Question:
     return Question(reference=_str(raw, "reference", path, f"{where}."), **common)
 
 
+def _sources(meta: dict, meta_path: Path, bibliography: dict[str, Source] | Path) -> tuple[Source, ...]:
+    """A lesson's ``sources``: ids of the shared bibliography, or (for a work no other
+    lesson cites) a mapping with id, cite and url."""
+    if isinstance(bibliography, Path):
+        from course.bibliography import load_bibliography  # course.bibliography imports this module
+
+        bibliography = load_bibliography(bibliography)
+    sources: list[Source] = []
+    for i, raw in enumerate(_list(meta, "sources", meta_path)):
+        where = f"sources[{i}]"
+        if isinstance(raw, str):
+            if raw not in bibliography:
+                raise LessonError(meta_path, where, f"{raw!r} is not an id in lessons/bibliography.yaml")
+            sources.append(bibliography[raw])
+            continue
+        if not isinstance(raw, dict):
+            raise LessonError(meta_path, where, "must be a bibliography id or a mapping with id, cite, url")
+        sid = _str(raw, "id", meta_path, f"{where}.")
+        if sid in bibliography:
+            raise LessonError(meta_path, where, f"{sid!r} is in lessons/bibliography.yaml: list its id instead of copying it")
+        sources.append(Source(id=sid, cite=_str(raw, "cite", meta_path, f"{where}."),
+                              url=_str(raw, "url", meta_path, f"{where}.", required=False)))
+    if not sources:
+        raise LessonError(meta_path, "sources", "a lesson must cite at least one source")
+    ids = [x.id for x in sources]
+    dupes = sorted({x for x in ids if ids.count(x) > 1})
+    if dupes:
+        raise LessonError(meta_path, "sources", f"listed twice: {', '.join(dupes)}")
+    return tuple(sources)
+
+
+NAV_TITLE_MAX = 26  # characters that fit the sidebar navigation uncut at its default width
+
+
+def _nav_title(meta: dict, path: Path) -> str:
+    title = _str(meta, "nav_title", path, required=False)
+    if len(title) > NAV_TITLE_MAX:
+        raise LessonError(path, "nav_title", f"{title!r} has {len(title)} characters; the navigation shows "
+                                             f"{NAV_TITLE_MAX} uncut")
+    return title
+
+MAX_CAPTION = 320  # "one or two lines" under a figure
+_FIGURE_KEY = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def _parse_captions(raw: Any, path: Path, where: str) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise LessonError(path, where, "must be a mapping from a figure key to what to look for in that figure")
+    out = []
+    for key, text in raw.items():
+        if not isinstance(key, str) or not _FIGURE_KEY.match(key):
+            raise LessonError(path, f"{where}.{key}", "a figure key uses lowercase letters, digits and '-'")
+        if not isinstance(text, str) or not text.strip():
+            raise LessonError(path, f"{where}.{key}", "must be a non-empty string")
+        if len(text.strip()) > MAX_CAPTION:
+            raise LessonError(path, f"{where}.{key}", f"has {len(text.strip())} characters; a caption is one or two "
+                                                      f"lines (at most {MAX_CAPTION})")
+        out.append((key, " ".join(text.split())))
+    return tuple(out)
+
+
+def _parse_prediction(raw: Any, path: Path, where: str) -> Prediction | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise LessonError(path, where, "must be a mapping with prompt and options")
+    prompt = _str(raw, "prompt", path, f"{where}.")
+    raw_opts = raw.get("options")
+    if not isinstance(raw_opts, list) or not 2 <= len(raw_opts) <= 6:
+        raise LessonError(path, f"{where}.options", "needs a list of 2 to 6 options")
+    options = []
+    for i, o in enumerate(raw_opts):
+        at = f"{where}.options[{i}]"
+        if isinstance(o, str) and o.strip():
+            options.append(Option(text=o.strip(), correct=False, explanation=""))
+        elif isinstance(o, dict):
+            oid = _ident(o, "id", path, f"{at}.") if o.get("id") is not None else ""
+            options.append(Option(text=_str(o, "text", path, f"{at}."), correct=False, explanation="", id=oid))
+        else:
+            raise LessonError(path, at, "an option is a non-empty string, or a mapping with text (and id)")
+    if len({o.text for o in options}) != len(options) or len({o.id for o in options}) != len(options):
+        raise LessonError(path, f"{where}.options", "two options have the same text or id")
+    return Prediction(prompt=prompt, options=tuple(options))
+
+
 def _icon(meta: dict, path: Path) -> str:
     icon = _str(meta, "icon", path, required=False)
     if icon and not re.fullmatch(r":material/[a-z0-9_]+:", icon):
@@ -243,8 +378,10 @@ def _icon(meta: dict, path: Path) -> str:
     return icon
 
 
-def load_lesson(folder: Path) -> Lesson:
-    """Load and validate one lesson folder."""
+def load_lesson(folder: Path, bibliography: dict[str, Source] | None = None) -> Lesson:
+    """Load and validate one lesson folder. Its sources are resolved in ``bibliography``
+    (by default the ``bibliography.yaml`` next to the folder, or the course's when the folder
+    stands alone; see :mod:`course.bibliography`)."""
     meta_path = folder / "lesson.yaml"
     body_path = folder / "lesson.md"
     q_path = folder / "questions.yaml"
@@ -265,19 +402,12 @@ def load_lesson(folder: Path) -> Lesson:
     if not objectives or not all(isinstance(o, str) and o.strip() for o in objectives):
         raise LessonError(meta_path, "objectives", "must be a non-empty list of strings")
 
-    sources = []
-    for i, raw in enumerate(_list(meta, "sources", meta_path)):
-        if not isinstance(raw, dict):
-            raise LessonError(meta_path, f"sources[{i}]", "must be a mapping with id, cite, url")
-        sources.append(
-            Source(
-                id=_str(raw, "id", meta_path, f"sources[{i}]."),
-                cite=_str(raw, "cite", meta_path, f"sources[{i}]."),
-                url=_str(raw, "url", meta_path, f"sources[{i}].", required=False),
-            )
-        )
-    if not sources:
-        raise LessonError(meta_path, "sources", "a lesson must cite at least one source")
+    if bibliography is None:
+        # the bibliography next to the lesson folders; a folder copied alone uses the course's
+        bibliography = folder.parent / "bibliography.yaml"
+        if not bibliography.is_file():
+            bibliography = LESSONS_DIR / "bibliography.yaml"
+    sources = _sources(meta, meta_path, bibliography)
 
     labs = []
     for i, raw in enumerate(_list(meta, "labs", meta_path, required=False) or []):
@@ -292,6 +422,9 @@ def load_lesson(folder: Path) -> Lesson:
                 title=_str(raw, "title", meta_path, f"labs[{i}]."),
                 description=_str(raw, "description", meta_path, f"labs[{i}]."),
                 issue=issue,
+                lesson=slug,
+                predict=_parse_prediction(raw.get("predict"), meta_path, f"labs[{i}].predict"),
+                captions=_parse_captions(raw.get("captions"), meta_path, f"labs[{i}].captions"),
             )
         )
 
@@ -330,12 +463,13 @@ def load_lesson(folder: Path) -> Lesson:
         summary=_str(meta, "summary", meta_path),
         minutes=minutes,
         objectives=tuple(o.strip() for o in objectives),
-        sources=tuple(sources),
+        sources=sources,
         labs=tuple(labs),
         questions=questions,
         body=body,
         icon=_icon(meta, meta_path),
         related=tuple(related),
+        nav_title=_nav_title(meta, meta_path),
         folder=folder,
     )
 
@@ -343,6 +477,15 @@ def load_lesson(folder: Path) -> Lesson:
 def load_intro(root: Path | str = LESSONS_DIR) -> str:
     """The course introduction shown on the home page (``lessons/course.md``)."""
     path = Path(root) / "course.md"
+    if not path.is_file():
+        raise LessonError(path, "(file)", "file is missing")
+    return path.read_text(encoding="utf-8")
+
+
+def load_notation(root: Path | str = LESSONS_DIR) -> str:
+    """The course's notation, one meaning per symbol (``lessons/notation.md``), shown on
+    the Notation page and followed by every lesson."""
+    path = Path(root) / "notation.md"
     if not path.is_file():
         raise LessonError(path, "(file)", "file is missing")
     return path.read_text(encoding="utf-8")

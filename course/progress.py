@@ -8,6 +8,14 @@
 * A corrupt or unwritable file raises :class:`StoreUnavailable` when opened;
   the app then keeps answers in memory for the session (:func:`memory_store`)
   and says so. The bad file is never modified.
+* CSV exports neutralise cells a spreadsheet would run as a formula (OWASP,
+  "CSV Injection"): a text cell starting with ``= + - @``, a tab or a carriage
+  return gets a leading ``'``, and every cell is quoted.
+* Schema 2: choice responses name options by id (``course.lessons.Option.id``);
+  :meth:`ProgressStore.migrate_responses` converts older rows once.
+* A "Show answer" click is a row of kind :data:`REVEAL` (no response, no grade):
+  the record says the learner saw the answer. :meth:`ProgressStore.latest` skips
+  these rows (it returns answers); :meth:`ProgressStore.history` holds them.
 """
 
 from __future__ import annotations
@@ -18,14 +26,15 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 ENV_VAR = "NATGRAD_COURSE_DB"
-SCHEMA_VERSION = 1
+REVEAL = "reveal"  # the kind of a row that records a "Show answer" click
+SCHEMA_VERSION = 2
 _APP_DIR = Path(__file__).resolve().parent.parent
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS attempts (
@@ -44,6 +53,18 @@ CREATE INDEX IF NOT EXISTS attempts_learner ON attempts (learner, lesson, questi
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 EXPORT_FIELDS = ("id", "learner", "lesson", "question", "kind", "response", "correct", "score", "self_rating", "created_at")
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets may read as the start of a formula
+
+
+def csv_safe(value: object) -> object:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with one of
+    :data:`FORMULA_START` gets a leading ``'`` (shown as text; strip it to recover
+    the value). Numbers and None are returned unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 class StoreUnavailable(RuntimeError):
@@ -171,8 +192,57 @@ class ProgressStore:
         self._write("UPDATE attempts SET self_rating = ? WHERE id = ?", (rating, attempt_id))
 
     def reset(self, learner: str) -> int:
-        """Delete every answer of ``learner``; returns how many were deleted."""
+        """Delete every answer of ``learner``; returns how many were deleted.
+        Raises :class:`StoreUnavailable` (and deletes nothing) when the file cannot be written."""
         return self._write("DELETE FROM attempts WHERE learner = ?", (learner,)).rowcount
+
+    def import_attempts(self, attempts: Iterable[Attempt], ratings: dict[int, int] | None = None) -> int:
+        """Append ``attempts`` (answer, grade, rating and time as recorded elsewhere, new
+        ids here) and set ``ratings`` (id here -> 1-3) in one transaction: all or
+        nothing. Returns how many attempts were added."""
+        rows = [(a.learner, a.lesson, a.question, a.kind, json.dumps(a.response),
+                 None if a.correct is None else int(a.correct), a.score, a.self_rating, a.created_at)
+                for a in attempts]
+        try:
+            with self._connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    "INSERT INTO attempts (learner, lesson, question, kind, response, correct, score, self_rating,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany("UPDATE attempts SET self_rating = ? WHERE id = ?",
+                                 [(r, i) for i, r in (ratings or {}).items()])
+                conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"could not save to {self.path}: {exc}") from exc
+        return len(rows)
+
+    def migrate_responses(self, name: str, convert: Callable[[Attempt], object]) -> int:
+        """Rewrite every stored response once per migration ``name`` (remembered in
+        the file): ``convert(attempt)`` returns the new response (the old one to
+        keep it). One transaction; returns how many rows changed (0 when the
+        migration ran before)."""
+        try:
+            with self._connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                if conn.execute("SELECT 1 FROM meta WHERE key = ?", (f"migration:{name}",)).fetchone():
+                    conn.rollback()
+                    return 0
+                rows = conn.execute(f"SELECT {', '.join(EXPORT_FIELDS)} FROM attempts ORDER BY id").fetchall()
+                changed = []
+                for row in rows:
+                    a = _attempt(row)
+                    new = convert(a)
+                    if new != a.response:
+                        changed.append((json.dumps(new), a.id))
+                conn.executemany("UPDATE attempts SET response = ? WHERE id = ?", changed)
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
+                             (f"migration:{name}", datetime.now(UTC).isoformat(timespec="seconds")))
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+                conn.commit()
+                return len(changed)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"could not migrate {self.path}: {exc}") from exc
 
     # ------------------------------------------------------------------ reads
     def attempts(self, learner: str) -> list[Attempt]:
@@ -183,8 +253,16 @@ class ProgressStore:
         return [_attempt(r) for r in rows]
 
     def latest(self, learner: str) -> dict[tuple[str, str], Attempt]:
-        """The newest attempt per (lesson, question) of ``learner``."""
-        return {(a.lesson, a.question): a for a in self.attempts(learner)}
+        """The newest answer per (lesson, question) of ``learner`` (reveal rows skipped)."""
+        return latest_answers(self.attempts(learner))
+
+    def history(self, learner: str) -> dict[tuple[str, str], list[Attempt]]:
+        """Every row of ``learner`` per (lesson, question), oldest first, reveal rows included."""
+        return by_question(self.attempts(learner))
+
+    def count(self, learner: str) -> int:
+        """How many answers of ``learner`` are stored."""
+        return int(self._read("SELECT COUNT(*) FROM attempts WHERE learner = ?", (learner,))[0][0])
 
     def learners(self) -> list[str]:
         return [r[0] for r in self._read("SELECT DISTINCT learner FROM attempts ORDER BY learner", ())]
@@ -197,14 +275,29 @@ class ProgressStore:
         )
 
     def export_csv(self, learner: str) -> str:
+        """Every answer of ``learner`` as CSV (responses JSON-encoded), safe to open
+        in a spreadsheet (:func:`csv_safe` on every cell)."""
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, quoting=csv.QUOTE_ALL)
         writer.writerow(EXPORT_FIELDS)
         for a in self.attempts(learner):
             row = asdict(a)
             row["response"] = json.dumps(a.response)
-            writer.writerow([row[f] for f in EXPORT_FIELDS])
+            writer.writerow([csv_safe(row[f]) for f in EXPORT_FIELDS])
         return buf.getvalue()
+
+
+def latest_answers(attempts: Iterable[Attempt]) -> dict[tuple[str, str], Attempt]:
+    """The newest answer per (lesson, question) in ``attempts`` (in id order), reveal rows skipped."""
+    return {(a.lesson, a.question): a for a in attempts if a.kind != REVEAL}
+
+
+def by_question(attempts: Iterable[Attempt]) -> dict[tuple[str, str], list[Attempt]]:
+    """``attempts`` (in id order) grouped per (lesson, question)."""
+    out: dict[tuple[str, str], list[Attempt]] = {}
+    for a in attempts:
+        out.setdefault((a.lesson, a.question), []).append(a)
+    return out
 
 
 def _attempt(row: tuple) -> Attempt:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from course.expr import ExpressionError, evaluate
-from course.grading import ResponseError, grade, parse_number
+from course.grading import ResponseError, grade, parse_number, parse_quantity, split_unit
 from course.lessons import Option, Question
 
 
@@ -55,7 +55,8 @@ def test_numeric_tolerance_boundary():
     assert grade(q, "10.5").correct is True
     assert grade(q, "9.5").correct is True
     assert grade(q, "10.51").correct is False
-    assert "10" in grade(q, "3").message and "GB" in grade(q, "3").message
+    assert grade(q, "10.2").message == "Correct: 10 GB (within ±0.5 GB)."
+    assert grade(q, "3").message == "Not quite: you entered 3 GB."  # the right answer is not given away
 
 
 @pytest.mark.parametrize("text,value", [("4.1", 4.1), (" 4096 ", 4096.0), ("4.1e9", 4.1e9),
@@ -68,6 +69,43 @@ def test_parse_number(text, value):
 def test_parse_number_rejects(text):
     with pytest.raises(ResponseError):
         parse_number(text)
+
+
+@pytest.mark.parametrize("text,unit,value", [
+    ("4.1 GB", "GB", 4.1), ("4.1GB", "GB", 4.1), ("4.1 gb", "GB", 4.1),       # the question's own unit
+    ("4.1e9 bytes", "GB", 4.1), ("4.1e9 B", "GB", 4.1), ("134 MB", "GB", 0.134),  # SI multiples of a byte
+    ("128 MiB", "MB", 128 * 2**20 / 1e6), ("1 GiB", "GB", 1.073741824),           # binary multiples
+    ("2048 KiB", "MiB", 2.0), ("4 EB", "PB", 4000.0), ("1,024 kB", "MB", 1.024),
+    ("12%", "%", 12.0), ("12 blocks", "blocks", 12.0), ("1 block", "blocks", 1.0), ("7", "blocks", 7.0),
+    ("3 (gradient units)²", "(gradient units)²", 3.0), ("0.5", "(dimensionless)", 0.5),
+])
+def test_parse_quantity_understands_units(text, unit, value):
+    assert parse_quantity(text, unit) == pytest.approx(value, rel=1e-12)
+
+
+@pytest.mark.parametrize("text,unit,said", [
+    ("4.1 m", "GB", "does not convert"), ("4 GB", "", "without a unit"), ("4 GB", "(dimensionless)", "without a unit"),
+    ("4.1 GB", "%", "not that unit"), ("GB", "GB", "Enter a number"), ("four", "GB", "Enter a number"),
+    ("1e999 GB", "GB", "finite"), ("4.1 GB GB", "GB", "does not convert"),
+])
+def test_parse_quantity_explains_what_it_cannot_read(text, unit, said):
+    with pytest.raises(ResponseError, match=said):
+        parse_quantity(text, unit)
+
+
+def test_split_unit_keeps_exponents_apart_from_exabytes():
+    assert split_unit("4.1e9 bytes") == ("4.1e9", "bytes")
+    assert split_unit("4 EB") == ("4", "EB") and split_unit("4e3EB") == ("4e3", "EB")
+    assert split_unit(" -1 000 ") == ("-1 000", "")
+
+
+def test_numeric_grade_converts_the_learners_unit():
+    q = numeric(answer=4.096, tol=0.05)  # GB
+    assert grade(q, "4096 MB").correct is True
+    assert grade(q, "4.096e9 bytes").correct is True
+    assert grade(q, "4.096 GiB").correct is False  # 4.4 GB: binary and SI differ by 7%
+    with pytest.raises(ResponseError):
+        grade(q, "4.096 m")
 
 
 @given(answer=st.floats(-1e6, 1e6), tol=st.floats(0, 100), delta=st.floats(-200, 200))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from course.lessons import LESSONS_DIR, MIN_GRADED, LessonError, load_intro, load_lessons
+from course.lessons import LESSONS_DIR, MIN_GRADED, NAV_TITLE_MAX, LessonError, load_intro, load_lessons
 
 REQUIRED_QUESTIONS = {
     "kfac": ["What is the computational advantage of K-FAC over the exact natural gradient?"],
@@ -64,6 +64,14 @@ def test_factor_memory_is_computed_not_typed(lessons):
     numeric = [q for q in shampoo.questions if q.kind == "numeric" and "32000" in q.prompt]
     assert numeric, "the shampoo lesson asks for the memory of a 32000x32000 factor"
     assert any(abs(q.answer - 32000**2 * 4 / 1e9) <= q.tolerance for q in numeric)
+
+
+def test_navigation_titles_are_short_and_the_page_keeps_the_full_title(lessons):
+    for lesson in lessons:
+        assert lesson.nav_title and len(lesson.short_title) <= NAV_TITLE_MAX, lesson.slug
+        assert len(lesson.nav_title) < len(lesson.title) or lesson.nav_title == lesson.title, lesson.slug
+    first = lessons[0]
+    assert first.short_title == first.nav_title and first.title.startswith("Adam as a diagonal")
 
 
 def test_sources_are_cited_in_the_text(lessons):
@@ -149,3 +157,33 @@ def test_duplicate_question_ids(copy):
 def test_related_unknown_lesson(copy):
     _edit(copy / "08-practice" / "lesson.yaml", lambda d: d.update(related=["nowhere"]))
     _expect(copy, "08-practice/lesson.yaml", "related")
+
+
+def test_navigation_title_too_long_names_field(copy):
+    _edit(copy / "02-kfac" / "lesson.yaml", lambda d: d.update(nav_title="K-FAC: Kronecker factors of the Fisher"))
+    _expect(copy, "02-kfac/lesson.yaml", "nav_title")
+
+def _kfac_lab(d, lab_id="kfac-training"):
+    return next(lab for lab in d["labs"] if lab["id"] == lab_id)
+
+
+def test_lab_prediction_and_captions_are_read(copy):
+    def add(d):
+        _kfac_lab(d).update(predict={"prompt": "Which ends lowest?", "options": ["K-FAC", {"text": "Adam", "id": "adam"}]},
+                            captions={"kt-fig-steps": "Look at   the first\n20 steps."})
+    _edit(copy / "02-kfac" / "lesson.yaml", add)
+    lab = next(lab for lab in next(x for x in load_lessons(copy) if x.slug == "kfac").labs if lab.id == "kfac-training")
+    assert lab.lesson == "kfac" and lab.prediction_id == "predict-kfac-training"
+    assert [o.text for o in lab.predict.options] == ["K-FAC", "Adam"] and lab.predict.options[1].id == "adam"
+    assert lab.caption("kt-fig-steps") == "Look at the first 20 steps." and lab.caption("nothing") == ""
+
+
+def test_caption_longer_than_two_lines_names_the_figure(copy):
+    _edit(copy / "02-kfac" / "lesson.yaml", lambda d: _kfac_lab(d).update(captions={"kt-fig-steps": "word " * 100}))
+    _expect(copy, "02-kfac/lesson.yaml", "captions.kt-fig-steps")
+
+
+def test_prediction_needs_two_options(copy):
+    _edit(copy / "02-kfac" / "lesson.yaml",
+          lambda d: _kfac_lab(d).update(predict={"prompt": "Which?", "options": ["only one"]}))
+    _expect(copy, "02-kfac/lesson.yaml", "predict.options")
