@@ -10,11 +10,13 @@ import streamlit as st
 
 from course import widgets
 from course.lessons import SECTIONS, Lesson, LessonError
+from course.markup import escape_markdown
 from course.progress import default_path
 from course.summary import lesson_progress, overall
-from views import home, lesson, progress
+from views import home, lesson, notation, progress, style
 
 st.set_page_config(page_title="Natural Gradient in Deep Learning", page_icon=":material/school:", layout="wide")
+style.inject()  # phone width: equations and tables scroll in their own box, labels wrap
 
 
 @st.cache_resource(show_spinner=False)
@@ -29,23 +31,37 @@ def lesson_page(item: Lesson, pages: dict[str, st.Page]) -> st.Page:
         lesson.render(item, pages)
 
     page.__name__ = f"lesson_{item.slug.replace('-', '_')}"
-    return st.Page(page, title=item.title, icon=item.icon or None, url_path=item.slug)
+    return st.Page(page, title=item.short_title, icon=item.icon or None, url_path=item.slug)
 
 
 def sidebar(lessons: list[Lesson]) -> None:
     with st.sidebar:
-        st.session_state.setdefault("learner", widgets.DEFAULT_LEARNER)
-        st.text_input("Learner name", key="learner", max_chars=widgets.MAX_LEARNER_LEN,
-                      help="Progress is saved per name. Use the same name to pick up where you left off.")
+        # Who the learner is lives in the URL (?learner=, bound to this box: kept on reload, across pages and in
+        # bookmarks) and in a cookie for tabs opened without it; course/session.py says why.
+        restored = widgets.restore_learner()
+        # no max_chars: the browser would cut a long paste silently; learner_notice() explains instead.
+        # (value=None when the session state holds the restored name: a default as well would be ignored, with a
+        # warning in the log; the box's identity is its key, so the value argument may differ between runs.)
+        st.text_input("Learner name", value=None if restored else widgets.DEFAULT_LEARNER, key="learner",
+                      bind="query-params",
+                      help=f"Progress is saved per name (at most {widgets.MAX_LEARNER_LEN} characters). Use the "
+                           "same name to pick up where you left off: it stays in this page's address (bookmark "
+                           "it) and in this browser.")
+        if notice := widgets.learner_notice():
+            st.info(notice, icon=":material/badge:")
         name = widgets.learner()
-        latest = widgets.latest_attempts(name)
-        done = overall([lesson_progress(x, latest) for x in lessons])
-        st.progress(done, text=f"{name}: {done:.0%} of the course done")
+        widgets.sync_pending()
+        rows = widgets.history(name)
+        done = overall([lesson_progress(x, rows) for x in lessons])
+        st.progress(done, text=f"{escape_markdown(name)}: {done:.0%} of the course done")
+        if note := widgets.store_note():
+            st.success(note, icon=":material/cloud_done:")
         if warning := widgets.store_warning():
             st.warning(warning, icon=":material/warning:")
         else:
             st.caption(f"Progress saved in `{default_path()}`")
         st.caption(f"Labs run on: **{device_label()}**")
+        st.html(widgets.remember_script(name), unsafe_allow_javascript=True, width="content")
 
 
 def main() -> None:
@@ -59,7 +75,8 @@ def main() -> None:
         pages[item.slug] = lesson_page(item, pages)
     home_page = st.Page(lambda: home.render(pages), title="Home", icon=":material/home:", url_path="home", default=True)
     progress_page = st.Page(progress.render, title="My progress", icon=":material/insights:", url_path="progress")
-    sections: dict[str, list[st.Page]] = {"Course": [home_page, progress_page]}
+    notation_page = st.Page(notation.render, title="Notation", icon=":material/functions:", url_path="notation")
+    sections: dict[str, list[st.Page]] = {"Course": [home_page, progress_page, notation_page]}
     for section in SECTIONS:
         members = [pages[x.slug] for x in lessons if x.section == section]
         if members:

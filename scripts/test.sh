@@ -14,4 +14,5 @@ python -m pip install -q -c constraints.txt -r requirements-dev.txt
 # Oracles without their dependency resolution: some would replace the pinned torch.
 python -m pip install -q --no-deps -c constraints.txt -r requirements-oracles.txt
 python -m ruff check .
-python -m pytest "$@"
+# -n auto: one worker per core (pytest-xdist); browser tests share one worker (tests/browser/conftest.py)
+python -m pytest -n auto --dist loadgroup "$@"

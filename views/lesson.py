@@ -26,27 +26,27 @@ def render(lesson: Lesson, pages: dict[str, st.Page]) -> None:
             st.markdown(segment.text)
 
     st.header("Check your understanding")
-    latest = widgets.latest_attempts()
-    p = lesson_progress(lesson, latest)
-    st.progress(p.fraction, text=f"{p.graded_correct} of {p.graded_total} graded questions correct · "
-                f"{p.reflections_done} of {p.reflections_total} reflections written")
+    rows = widgets.history()
+    p = lesson_progress(lesson, rows)
+    st.progress(p.fraction, text=p.text())
     for number, q in enumerate(lesson.questions, start=1):
-        widgets.question_block(lesson, q, number, latest.get((lesson.slug, q.id)))
+        widgets.question_block(lesson, q, number, rows.get((lesson.slug, q.id)))
 
     st.header("Sources")
     st.markdown("\n".join(
         f"{i}. {s.cite}" + (f" [{s.url}]({s.url})" if s.url else "") for i, s in enumerate(lesson.sources, start=1)
     ))
 
+    link = widgets.link_params()  # the learner rides along in each link's address (a new tab keeps them)
     if lesson.related:
         st.subheader("Related lessons")
         for slug in lesson.related:
-            st.page_link(pages[slug])
+            st.page_link(pages[slug], query_params=link)
 
     order = [x.slug for x in widgets.lessons()]
     i = order.index(lesson.slug)
     cols = st.columns(2)
     if i > 0:
-        cols[0].page_link(pages[order[i - 1]], label=f"← {pages[order[i - 1]].title}")
+        cols[0].page_link(pages[order[i - 1]], label=f"← {pages[order[i - 1]].title}", query_params=link)
     if i + 1 < len(order):
-        cols[1].page_link(pages[order[i + 1]], label=f"{pages[order[i + 1]].title} →")
+        cols[1].page_link(pages[order[i + 1]], label=f"{pages[order[i + 1]].title} →", query_params=link)

@@ -80,3 +80,54 @@ def test_lessons_show_the_stored_benchmarks(slug, names):
         result = load(BENCH_DIR / f"{name}.json")
         assert result is not None, f"docs/bench/{name}.json is missing"
         assert {"kfac": kfac_bench, "shampoo": shampoo_bench}[name].report(result) in shown
+
+
+def _figure_names(at) -> list[str]:
+    import json
+
+    names = []
+    for chart in _charts(at):
+        spec = json.loads(chart.proto.spec)
+        names += [t.get("name", "") for t in spec.get("data", [])]
+    return names
+
+
+def test_training_lab_trains_the_chosen_task():
+    at = open_page(start(), "kfac")
+    at.radio(key="kt-task").set_value("digits-classifier")
+    at.select_slider(key="kt-steps").set_value(50)
+    at = submit(at, "kt")
+    assert not at.exception, at.exception
+    assert [m.label for m in at.metric if m.label in ("K-FAC", "Adam", "SGD+momentum")] == ["K-FAC", "Adam",
+                                                                                          "SGD+momentum"]
+    k = float([m.value for m in at.metric if m.label == "K-FAC"][0])
+    assert k < 0.5  # cross-entropy of the digits classifier (ln 10 = 2.3 at the start), not the autoencoder's loss
+    assert any("bound hits" in m.value for m in at.markdown)
+
+
+def test_damping_lab_marks_rejected_steps_and_bound_hits_on_the_cnn():
+    """A fixed learning rate of 10 on the CNN overshoots: the lab shows the rejected steps on
+    the damping and rho traces, and says how many there were."""
+    at = open_page(start(), "damping")
+    at.radio(key="dl-task").set_value("digits-cnn")
+    at.select_slider(key="dl-steps").set_value(50)
+    at.radio(key="dl-rule").set_value("fixed")
+    at = at.run()  # the fixed rule switches the learning-rate slider on
+    assert not at.select_slider(key="dl-klr").disabled
+    at.select_slider(key="dl-klr").set_value(10.0)
+    at = submit(at, "dl")
+    assert not at.exception, at.exception
+    counts = [m.value for m in at.markdown if "rejected steps" in m.value]
+    assert counts and " 0 rejected" not in counts[0]
+    assert any(n.startswith("rejected step") for n in _figure_names(at))
+    assert any("mini-batches of 256" in c.value.lower() or "batch" in c.value for c in at.caption)
+
+
+def test_cost_lab_shows_the_per_layer_cost_of_the_chosen_model():
+    at = open_page(start(), "kfac")
+    at.radio(key="kc-task").set_value("digits-cnn")
+    at = at.run()
+    assert not at.exception, at.exception
+    table = [df for df in at.dataframe if "A / G inverted by" in df.value.columns][0].value
+    assert list(table["A"]) == [10, 145, 2049] and list(table["A / G inverted by"])[-1] == "cholesky / eigh"
+    assert any("most expensive layer is 6 (Linear)" in c.value for c in at.caption)

@@ -110,9 +110,9 @@ def test_stiefel_lab_four_runs():
 
 
 def test_simplex_lab_paths_losses_and_stored_ratio():
-    at = run_lab("riemannian", "sx", {"sx-steps": 20, "sx-nglr": 1.0})
+    at = run_lab("riemannian", "kl", {"kl-steps": 20, "kl-nglr": 1.0})
     assert not _lab_errors(at)
-    tern = _chart(at, "sx-ternary")
+    tern = _chart(at, "kl-ternary")
     paths = [d for d in tern["data"] if d["name"] in ("natural gradient", "projected GD")]
     assert [len(_values(d["a"])) for d in paths] == [21, 21]  # the start and the point after each of the 20 steps
     ng = next(d for d in paths if d["name"] == "natural gradient")
@@ -124,10 +124,10 @@ def test_simplex_lab_paths_losses_and_stored_ratio():
     r = simplex_bench.load(ROOT / "docs" / "bench" / "simplex.json")
     body = texts(at)
     assert f"{r['min_ratio']:.1f}x" in body and f"{r['median_ratio']:.1f}x" in body
-    at.slider(key="sx-q1").set_value(0.8)
-    at.slider(key="sx-q2").set_value(0.2)
+    at.slider(key="kl-q1").set_value(0.8)
+    at.slider(key="kl-q2").set_value(0.2)
     from tests.app.helpers import submit
-    at = submit(at, "sx")
+    at = submit(at, "kl")
     assert not at.exception and any("leaves nothing for q3" in w.value for w in at.warning)
 
 
@@ -143,7 +143,7 @@ def test_embedding_lab_shows_riemannian_adam_and_plain_adams_failure():
     stories = [e.value for e in at.error if "out of the disk" in e.value]
     assert len(stories) == 1 and f"The update of step {left} moved" in stories[0]
     assert f"Diverged at step {left + 1}" in stories[0] and int(rows["Adam (plain)"]["steps run"]) == left + 2
-    disk = _chart(at, "pe-disk-Riemannian Adam")
+    disk = _chart(at, "pe-disk-riemannian")
     assert len(disk["frames"]) >= 10 and disk["layout"]["sliders"][0]["steps"][-1]["label"] == "99"
     nodes = next(d for d in disk["data"] if d["name"] == "nodes")
     assert len(_values(nodes["x"])) == 40

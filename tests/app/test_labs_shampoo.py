@@ -141,7 +141,30 @@ def test_sharding_lab_launches_two_real_ranks(monkeypatch):
 
 
 def test_sharding_lab_names_a_failed_rank_in_words():
-    at = run_lab("distributed-shampoo", "sh", {"sh-ranks": 2, "sh-steps": 10, "sh-frank": 1}, {"sh-fault": "raise"})
+    # the rank to break stays at its default, 1 (the slider is off until a fault is chosen)
+    at = run_lab("distributed-shampoo", "sh", {"sh-ranks": 2, "sh-steps": 10}, {"sh-fault": "raise"})
     assert not _lab_errors(at)
     errors = [e.value for e in at.error]
     assert any("rank 1 failed" in e and "injected failure on rank 1" in e for e in errors), errors
+
+
+def _stored_results_app(bench_dir: str) -> None:
+    from pathlib import Path
+
+    import views.labs.common as common
+    from natgrad.bench import shampoo
+
+    common.BENCH_DIR = Path(bench_dir)
+    common.bench_results("shampoo", "Shampoo vs tuned Adam", shampoo.report)
+
+
+def test_stored_results_of_an_older_format_are_explained_not_crashed_on(tmp_path):
+    """A docs/bench/shampoo.json written before the three-task protocol (no "tasks")."""
+    from streamlit.testing.v1 import AppTest
+
+    (tmp_path / "shampoo.json").write_text(json.dumps({"quick": False, "targets": [], "curves": {}}))
+    at = AppTest.from_function(_stored_results_app, args=(str(tmp_path),)).run()
+    assert not at.exception
+    [warning] = at.warning
+    assert "do not fit this version of the benchmark" in warning.value
+    assert "python -m natgrad.bench shampoo --out docs/bench/shampoo.json" in warning.value

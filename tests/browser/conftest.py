@@ -27,6 +27,16 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (scripts/test.sh runs -n auto --dist loadgroup) every browser
+    test goes to one worker, so the session's server and browser start once."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,7 +55,8 @@ def server(tmp_path_factory):
     db = tmp_path_factory.mktemp("browser") / "progress.sqlite3"
     port = _free_port()
     env = dict(os.environ, NATGRAD_COURSE_DB=str(db))
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
+    log_path = tmp_path_factory.mktemp("log") / "streamlit.log"
+    log = open(log_path, "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -65,7 +76,7 @@ def server(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGTERM) if proc.poll() is None else None
             pytest.fail(f"streamlit did not start:\n{log.read()[-3000:]}")
         time.sleep(0.5)
-    yield {"url": url, "db": db}
+    yield {"url": url, "db": db, "pid": proc.pid, "log": log_path}
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(15)

@@ -12,8 +12,9 @@ from natgrad.bench.protocol import fmt
 from natgrad.experiments import Spec, Trajectory
 from natgrad.presets import MANIFOLD_PRESETS
 from natgrad.tasks.poincare import make_tree_option, mean_rank
-from natgrad.viz import disk_frames, loss_figure, poincare_figure, recolor, recorded_points, ternary_figure
-from views.labs.common import BENCH_DIR, bench_results, device, report_status, run_cached, settings_form
+from natgrad.viz import disk_frames, loss_figure, poincare_figure, recorded_points, ternary_figure
+from views.labs.common import BENCH_DIR, bench_results, device, report_status, run_all, settings_form
+from views.labs.figures import chart, with_previous
 from views.labs.riemannian import LR_CHOICES
 
 TOLERANCE = 1e-10
@@ -26,14 +27,19 @@ def _simplex_settings() -> dict | None:
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
         return dict(
-            q1=c1.slider("target q1", 0.01, 0.97, 0.7, 0.01, key="sx-q1"),
-            q2=c1.slider("target q2", 0.01, 0.97, 0.2, 0.01, key="sx-q2"),
-            start=c2.radio("start", ["uniform", "near outcome 3"], key="sx-start"),
-            steps=c2.select_slider("steps", [10, 20, 50, 100, 200], value=50, key="sx-steps"),
+            q1=c1.slider("target q1", 0.01, 0.97, 0.7, 0.01, key="kl-q1", bind="query-params",
+                         help="The target probability of outcome 1 (q3 is what q1 and q2 leave)."),
+            q2=c1.slider("target q2", 0.01, 0.97, 0.2, 0.01, key="kl-q2", bind="query-params",
+                         help="The target probability of outcome 2."),
+            start=c2.radio("start", ["uniform", "near outcome 3"], key="kl-start", bind="query-params",
+                           help="Where both methods start: all three outcomes equally likely, or (0.05, 0.05, 0.9)."),
+            steps=c2.select_slider("steps", [10, 20, 50, 100, 200], value=50, key="kl-steps", bind="query-params",
+                                   help="How many steps each method takes."),
             ng_lr=c3.select_slider("natural gradient learning rate", [0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0],
-                                   value=p["riemannian-sgd"]["lr"], key="sx-nglr"),
+                                   value=p["riemannian-sgd"]["lr"], key="kl-nglr", bind="query-params",
+                                   help="The step size of the Fisher-Rao natural gradient; 1 is the full step."),
             pgd_lr=c3.select_slider("projected GD learning rate", LR_CHOICES, value=p["projected-sgd"]["lr"],
-                                    key="sx-pgdlr"))
+                                    key="kl-pgdlr", bind="query-params", help="The step size of projected gradient descent."))
 
     def validate(v: dict) -> str | None:
         if 1.0 - v["q1"] - v["q2"] < 0.01:
@@ -41,7 +47,7 @@ def _simplex_settings() -> dict | None:
                     "with every probability at least 0.01. Lower q1 or q2.")
         return None
 
-    return settings_form("sx", draw, validate=validate)[0]
+    return settings_form("kl", draw, validate=validate)[0]
 
 
 def _path(t: Trajectory, start: tuple[float, ...]) -> np.ndarray:
@@ -74,9 +80,9 @@ def simplex_fit(lab: Lab) -> None:
     st.markdown(
         "Fit a categorical distribution $p$ on three outcomes to a target $q$ by minimising "
         "$\\mathrm{KL}(q\\,\\|\\,p) = \\sum_i q_i\\log(q_i/p_i)$ (maximum likelihood). **Projected gradient "
-        "descent** takes the Euclidean step $p - \\eta\\nabla f = p + \\eta\\, q/p$ and projects it back onto the "
+        "descent** takes the Euclidean step $p - \\eta\\nabla \\mathcal{L} = p + \\eta\\, q/p$ and projects it back onto the "
         "simplex. The **natural gradient** is geoopt's Riemannian SGD on our Fisher-Rao simplex: its gradient "
-        "$p\\odot(\\nabla f - \\langle p, \\nabla f\\rangle) = p - q$ points straight at the target, and the "
+        "$p\\odot(\\nabla \\mathcal{L} - \\langle p, \\nabla \\mathcal{L}\\rangle) = p - q$ points straight at the target, and the "
         "retraction $p\\odot e^{u/p}/Z$ keeps every step a distribution. " + _stored_ratio_text()
     )
     bench_results("simplex", "natural gradient vs projected GD on the simplex", simplex_bench.report)
@@ -90,18 +96,23 @@ def simplex_fit(lab: Lab) -> None:
                                            steps=s["steps"], dtype="float64", device=device()),
              "projected GD": Spec.make({"lr": s["pgd_lr"]}, options, task="simplex-kl", optimizer="projected-sgd",
                                        steps=s["steps"], dtype="float64", device=device())}
-    trajs = {label: run_cached(spec, label) for label, spec in specs.items()}
+    trajs = run_all(specs)
     for label, t in trajs.items():
         report_status(label, t)
+    shown = with_previous("kl", trajs, {"target": target, "start": s["start"], "steps": s["steps"],
+                                        "natural gradient learning rate": s["ng_lr"],
+                                        "projected GD learning rate": s["pgd_lr"]})
     c1, c2 = st.columns(2)
-    c1.plotly_chart(ternary_figure({k: _path(t, start) for k, t in trajs.items()}, target, start), key="sx-ternary")
-    c2.plotly_chart(recolor(loss_figure(trajs, "step", "KL(q || p) before each step")), key="sx-loss")
+    chart(ternary_figure({k: _path(t, start) for k, t in trajs.items()}, target, start), "kl-ternary", c1)
+    fig = loss_figure(shown, "step", "KL(q || p) before each step")
+    fig.update_yaxes(title_text="KL(q || p)")
+    chart(fig, "kl-loss", c2)
     reached = {k: t.steps_to(TOLERANCE) for k, t in trajs.items()}
     cols = st.columns(2)
     for col, (label, t) in zip(cols, trajs.items(), strict=True):
         col.metric(label, f"KL {t.final_loss:.3g}", help="the loss before the last step",
                    delta=f"KL ≤ {TOLERANCE:g} at step {reached[label]}" if reached[label] is not None
-                   else f"KL ≤ {TOLERANCE:g} not reached", delta_color="off")
+                   else f"KL ≤ {TOLERANCE:g} not reached", delta_color="off", delta_arrow="off")
     ng, pgd = reached["natural gradient"], reached["projected GD"]
     if ng and pgd:
         verdict = f"Here projected GD needed {pgd / ng:.1f} times as many steps."
@@ -123,24 +134,34 @@ EMBED_RUNS = {  # label -> optimizer, extra hyper-parameters
     "projected Adam (Adam, then clip into the disk)": "projected-adam",
     "Adam (plain)": "adam",
 }
+DISK_KEYS = dict(zip(EMBED_RUNS, ("riemannian", "projected", "plain"), strict=True))  # figure keys of the disks
 
 
 def _embed_settings() -> dict | None:
     p = MANIFOLD_PRESETS["poincare-tree"]
+    # outside the form, so that the balanced tree's sliders are switched off at once for the taxonomy
+    tree = st.radio("tree", ["taxonomy", "balanced"], key="pe-tree", bind="query-params", horizontal=True,
+                    format_func={"taxonomy": "a small animal taxonomy (40 nodes)", "balanced": "a balanced tree"}.get,
+                    help="The tree to embed: a fixed taxonomy, or a balanced tree whose shape you choose.")
 
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        return dict(
-            tree=c1.radio("tree", ["taxonomy", "balanced"], key="pe-tree",
-                          format_func={"taxonomy": "a small animal taxonomy (40 nodes)",
-                                       "balanced": "a balanced tree"}.get),
-            branching=c1.select_slider("balanced tree: children per node", [2, 3, 4], value=3, key="pe-branch"),
-            depth=c1.select_slider("balanced tree: depth", [2, 3, 4], value=3, key="pe-depth"),
-            steps=c2.select_slider("steps", [100, 200, 400, 800], value=400, key="pe-steps"),
+        out = dict(
+            tree=tree,
+            branching=c1.select_slider("children per node", [2, 3, 4], value=3, key="pe-branch", bind="query-params",
+                                       disabled=tree != "balanced",
+                                       help="Balanced tree: how many children every inner node has."),
+            depth=c1.select_slider("depth", [2, 3, 4], value=3, key="pe-depth", bind="query-params", disabled=tree != "balanced",
+                                   help="Balanced tree: how many levels below the root."),
+            steps=c2.select_slider("steps", [100, 200, 400, 800], value=400, key="pe-steps", bind="query-params",
+                                   help="How many updates each of the three runs makes."),
             radam_lr=c3.select_slider("Riemannian Adam learning rate", LR_CHOICES, value=p["riemannian-adam"]["lr"],
-                                      key="pe-rlr"),
-            adam_lr=c3.select_slider("Adam learning rate (projected and plain)", LR_CHOICES,
-                                     value=p["adam"]["lr"], key="pe-alr"))
+                                      key="pe-rlr", bind="query-params", help="The step size of Riemannian Adam (in hyperbolic distance)."),
+            adam_lr=c3.select_slider("Adam learning rate", LR_CHOICES, value=p["adam"]["lr"], key="pe-alr", bind="query-params",
+                                     help="One step size for projected and plain Adam (in coordinates)."))
+        if tree != "balanced":
+            c1.caption("Children and depth shape the balanced tree only; choose it above to set them.")
+        return out
 
     def validate(v: dict) -> str | None:
         if v["tree"] == "balanced" and v["branching"] ** v["depth"] > 100:
@@ -181,11 +202,12 @@ def hyperbolic_embedding(lab: Lab) -> None:
     options = {"tree": s["tree"]} | ({"branching": s["branching"], "depth": s["depth"]} if s["tree"] == "balanced" else {})
     tree = make_tree_option(**options)
     lrs = {"riemannian-adam": s["radam_lr"], "projected-adam": s["adam_lr"], "adam": s["adam_lr"]}
-    trajs = {}
+    specs = {}
     for label, opt in EMBED_RUNS.items():
         hp = {"lr": lrs[opt]} | ({"on_manifold": "warn"} if opt == "adam" else {})
-        trajs[label] = run_cached(Spec.make(hp, options, task="poincare-tree", optimizer=opt, steps=s["steps"],
-                                            dtype="float64", device=device()), label)
+        specs[label] = Spec.make(hp, options, task="poincare-tree", optimizer=opt, steps=s["steps"],
+                                 dtype="float64", device=device())
+    trajs = run_all(specs)
     depth = [tree.depth(i) for i in range(tree.size)]
     rows = []
     for tab, (label, t) in zip(st.tabs(list(trajs)), trajs.items(), strict=True):
@@ -197,21 +219,27 @@ def hyperbolic_embedding(lab: Lab) -> None:
             else:
                 report_status(label, t)
             if frames:
-                st.plotly_chart(poincare_figure(frames, tree.names, depth, tree.edges()), key=f"pe-disk-{label}")
+                chart(poincare_figure(frames, tree.names, depth, tree.edges()), f"pe-disk-{DISK_KEYS[label]}")
         last = frames[-1][1] if frames else None
         rows.append({"run": label, "steps run": len(t.step), "final loss": f"{t.final_loss:.4g}",
                      "mean rank (1 is perfect)": "undefined" if last is None or (np.linalg.norm(last, axis=1) >= 1).any()
                      else f"{mean_rank(tree, last):.2f}",
                      "largest norm": "n/a" if last is None else f"{np.linalg.norm(last, axis=1).max():.6f}"})
-    st.plotly_chart(recolor(loss_figure(trajs, "step", "embedding loss")), key="pe-loss")
+    shown = with_previous("pe", trajs, {"tree": s["tree"], "steps": s["steps"],
+                                        "Riemannian Adam learning rate": s["radam_lr"],
+                                        "Adam learning rate": s["adam_lr"]}
+                          | ({"children": s["branching"], "depth": s["depth"]} if s["tree"] == "balanced" else {}))
+    fig = loss_figure(shown, "step", "embedding loss")
+    fig.update_yaxes(title_text="embedding loss")
+    chart(fig, "pe-loss")
     st.dataframe(rows, hide_index=True, key="pe-table")
     radam = trajs["Riemannian Adam"]
     st.caption(
         f"Riemannian Adam divides by the Riemannian norm of the gradient, $\\lVert g\\rVert_x = "
-        f"\\lVert\\nabla f\\rVert/\\lambda_x$, so each step covers about the learning rate in hyperbolic distance "
+        f"\\lVert\\nabla \\mathcal{{L}}\\rVert/\\psi_x$, so each step covers about the learning rate in hyperbolic distance "
         f"wherever the point is, and its retraction keeps the point inside: loss {radam.final_loss:.3g} after "
         f"{len(radam.step)} steps. Euclidean Adam moves every coordinate by about the learning rate whatever the "
-        "metric; near the rim, where $\\lambda_x = 2/(1-\\lVert x\\rVert^2)$ is large, that is a long way, and "
+        "metric; near the rim, where the conformal factor $\\psi_x = 2/(1-\\lVert x\\rVert^2)$ is large, that is a long way, and "
         "nothing stops a step from crossing the rim. Clipping keeps the run alive but piles points against the "
         "boundary; without it the run ends the moment one point crosses. The failure is deterministic: the same "
         "settings fail at the same step every time."

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import streamlit as st
 
 from course.lessons import Lab
 from natgrad import costs
 from natgrad.bench import kfac as kfac_bench
 from natgrad.experiments import Spec
-from natgrad.presets import KFAC_BASE
+from natgrad.presets import KFAC_TASK_PRESETS
 from natgrad.snapshots import fisher_snapshot
-from natgrad.viz import cost_figure, fisher_figure, traces_figure
-from views.labs.common import bench_results, device, run_cached, settings_form, show_runs
+from natgrad.viz import cost_figure, fisher_panels, layer_cost_figure, safeguard_counts, safeguard_trace_figure
+from views.labs.common import bench_results, cached, device, run_all, settings_form, show_runs
+from views.labs.figures import chart
 
 LOG_CHOICES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
 
-@st.cache_data(show_spinner="Computing the exact Fisher and its K-FAC approximation ...", max_entries=16)
 def _snapshot(step: int):
-    return fisher_snapshot(train_steps=step)
+    def compute():
+        snap = fisher_snapshot(train_steps=step)
+        # only drawn: float32 is plenty for the heatmaps (the errors were computed in float64)
+        return dataclasses.replace(snap, matrices={k: m.astype(np.float32) for k, m in snap.matrices.items()})
+
+    return cached(("fisher-snapshot", step), compute, label="The exact Fisher and its K-FAC approximation")
+
+
+_KEYS = {"exact Fisher": "exact", "block diagonal": "blocks", "K-FAC": "kfac"}
 
 
 def fisher_blocks(lab: Lab) -> None:
@@ -26,12 +37,17 @@ def fisher_blocks(lab: Lab) -> None:
         "A 16-12-10-10 tanh network classifies the digits (pooled to 4x4 pixels; 444 parameters). "
         "Left: its exact Fisher (true Fisher, the expectation over the model's own predictions, on 512 digits). "
         "Middle: the same matrix with the blocks *between* layers set to zero. Right: K-FAC, one Kronecker "
-        "product $A\\otimes G$ per layer. Thin lines separate the three layers."
+        "product $A\\otimes\\Gamma$ per layer. Thin lines separate the three layers."
     )
-    step = st.select_slider("Measure after this many Adam training steps", [0, 25, 50, 100, 200, 400, 800],
-                            value=100, key="fb-step")
+    step = st.select_slider("Adam training steps before measuring", [0, 25, 50, 100, 200, 400, 800],
+                            value=100, key="fb-step", bind="query-params",
+                            help="The network is first trained with Adam for this many steps; the three matrices "
+                                 "are then computed at the weights it reached. 0: the random starting weights.")
     snap = _snapshot(step)
-    st.plotly_chart(fisher_figure(snap.matrices, snap.errors, snap.boundaries), key="fb-fig")
+    names = [f"layer {i + 1}" for i in range(len(snap.boundaries) + 1)]
+    for col, (name, fig) in zip(st.columns(len(snap.matrices)), zip(snap.matrices, fisher_panels(
+            snap.matrices, snap.errors, snap.boundaries, names), strict=True), strict=True):
+        chart(fig, f"fb-fig-{_KEYS.get(name, name)}", col)
     c1, c2, c3 = st.columns(3)
     c1.metric("training loss", f"{snap.train_loss:.3f}")
     c2.metric("block diagonal vs exact", f"{snap.errors['block diagonal']:.1%}")
@@ -44,33 +60,89 @@ def fisher_blocks(lab: Lab) -> None:
     )
 
 
+TASK_CHOICES = {
+    "digits-autoencoder": "autoencoder (64-128-64-32-8-32-64-128-64, tanh; squared error; full batch)",
+    "digits-classifier": "MLP classifier (64-32-10, tanh; cross-entropy; full batch)",
+    "digits-cnn": "CNN (two 3x3 convolutions, 2048 -> 10 head; cross-entropy; mini-batches of 256)",
+}
+BATCH = {"digits-cnn": 256}
+
+
+RULES = {"quadratic": "quadratic model (M&G §7), bounded", "fixed": "fixed learning rate",
+         "kl_clip": "fixed, with KL clipping"}
+
+
 def _settings(key: str, with_baselines: bool) -> dict | None:
+    # outside the form, so that the learning-rate slider below can follow it at once
+    rule = st.radio("K-FAC step size", list(RULES), key=f"{key}-rule", bind="query-params", format_func=RULES.get, horizontal=True,
+                    help="How K-FAC scales its direction: chosen each step by minimising its quadratic model of "
+                         "the loss (Martens & Grosse 2015, §7), or a fixed learning rate (optionally shrunk so "
+                         "that the step's predicted KL divergence stays small).")
+
     def draw() -> dict:
+        task = st.radio("task", list(TASK_CHOICES), format_func=TASK_CHOICES.get, key=f"{key}-task", bind="query-params",
+                        help="The model and data every optimizer trains, from the same starting weights.")
         c1, c2, c3 = st.columns(3)
         out = dict(
-            steps=c1.select_slider("steps", [50, 100, 200, 400, 800], value=200, key=f"{key}-steps"),
-            damping=c1.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key=f"{key}-damp"),
-            adaptive=c1.toggle("adaptive damping (Levenberg-Marquardt, every 5 steps)", value=True, key=f"{key}-lm"),
-            rule=c2.radio("K-FAC step size", ["quadratic", "fixed", "kl_clip"], key=f"{key}-rule",
-                          format_func={"quadratic": "quadratic model (M&G §7)", "fixed": "fixed learning rate",
-                                       "kl_clip": "fixed, with KL clipping"}.get),
-            kfac_lr=c2.select_slider("K-FAC learning rate (fixed rules)", LOG_CHOICES, value=1e-1, key=f"{key}-klr"),
-            inv=c2.select_slider("inverse update interval", [1, 2, 5, 10, 20, 50], value=5, key=f"{key}-inv"),
+            task=task,
+            steps=c1.select_slider("steps", [50, 100, 200, 400, 800], value=200, key=f"{key}-steps", bind="query-params",
+                                   help="How many updates each optimizer makes. Longer runs take longer to train."),
+            damping=c1.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key=f"{key}-damp", bind="query-params",
+                                     help="λ is added to the curvature before it is inverted: large λ makes short, "
+                                          "gradient-like steps, small λ trusts the curvature. With adaptive damping "
+                                          "this is only where λ starts."),
+            adaptive=c1.toggle("adaptive damping (Levenberg-Marquardt)", value=True, key=f"{key}-lm", bind="query-params",
+                               help="Every few steps, raise λ when the loss fell much less than predicted (ρ < 1/4) "
+                                    "and lower it when the prediction was good (ρ > 3/4)."),
+            reject=c1.toggle("reject steps that raise the loss", value=True, key=f"{key}-reject", bind="query-params",
+                             help="Undo a step after which the loss went up, and raise the damping."),
+            rule=rule,
+            kfac_lr=c2.select_slider("K-FAC learning rate", LOG_CHOICES, value=1e-1, key=f"{key}-klr", bind="query-params",
+                                     disabled=rule == "quadratic",
+                                     help="The multiplier of K-FAC's direction under the fixed rules. The quadratic "
+                                          "model chooses its own step size, so this slider is off then."),
+            inv=c2.select_slider("inverse update interval", [1, 2, 5, 10, 20, 50], value=5, key=f"{key}-inv", bind="query-params",
+                                 help="Recompute the inverses of K-FAC's factors every this many steps; in between, "
+                                      "the last ones are reused. Larger is cheaper per step but staler."),
             adam_lr=None, sgd_lr=None)
+        if rule == "quadratic":
+            c2.caption("The learning rate is off: the quadratic model chooses the step size. Pick a fixed rule above "
+                       "to set it.")
         if with_baselines:
-            out["adam_lr"] = c3.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key=f"{key}-alr")
-            out["sgd_lr"] = c3.select_slider("SGD+momentum learning rate (momentum 0.9)", LOG_CHOICES, value=1e-2,
-                                             key=f"{key}-slr")
+            out["adam_lr"] = c3.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key=f"{key}-alr", bind="query-params",
+                                              help="Adam's step size (betas 0.9, 0.999).")
+            out["sgd_lr"] = c3.select_slider("SGD learning rate", LOG_CHOICES, value=1e-2, key=f"{key}-slr", bind="query-params",
+                                             help="The step size of SGD with momentum 0.9.")
         return out
 
     return settings_form(key, draw)[0]
 
 
+def _spec(s: dict, optimizer: str, hparams: dict) -> Spec:
+    task = s.get("task", "digits-autoencoder")
+    return Spec.make(hparams, task=task, optimizer=optimizer, steps=s["steps"], device=device(),
+                     batch_size=BATCH.get(task))
+
+
 def _kfac_spec(s: dict) -> Spec:
-    # the benchmark's settings, with the learner's choices on top
-    hp = dict(KFAC_BASE, damping=s["damping"], adaptive_damping=s["adaptive"], step_size_rule=s["rule"],
-              lr=s["kfac_lr"], inverse_update_steps=s["inv"], momentum=0.9 if s["rule"] == "quadratic" else 0.0)
-    return Spec.make(hp, optimizer="kfac", steps=s["steps"], device=device())
+    # the benchmark's settings for the task, with the learner's choices on top
+    base = KFAC_TASK_PRESETS[s.get("task", "digits-autoencoder")]
+    hp = dict(base, damping=s["damping"], adaptive_damping=s["adaptive"], step_size_rule=s["rule"],
+              reject_steps=s.get("reject", True), lr=s["kfac_lr"] if s["rule"] != "quadratic" else 1.0,
+              inverse_update_steps=s["inv"], momentum=0.9 if s["rule"] == "quadratic" else 0.0)
+    return _spec(s, "kfac", hp)
+
+
+def safeguard_traces(key: str, k) -> None:
+    """K-FAC's damping, rho, step size and step norm, with its rejected steps and bound hits marked."""
+    shown = {name: k.extras[name] for name in ("damping", "rho", "alpha", "step_norm") if name in k.extras}
+    if not shown:
+        return
+    marks = {flag: k.extras.get(flag, []) for flag in ("rejected", "bound")}
+    counts = safeguard_counts(marks)
+    st.markdown("**K-FAC's damping λ, reduction ratio ρ (dotted: 0, 1/4 and 3/4), step size α and step norm**, "
+                f"with its {counts['rejected']} rejected steps (×) and {counts['bound']} bound hits (▲)")
+    chart(safeguard_trace_figure(k.step, shown, marks, log_y=("damping", "step_norm")), f"{key}-traces")
 
 
 def training(key: str, with_baselines: bool) -> None:
@@ -79,50 +151,117 @@ def training(key: str, with_baselines: bool) -> None:
         return
     runs = {"K-FAC": _kfac_spec(settings)}
     if with_baselines:
-        runs["Adam"] = Spec.make({"lr": settings["adam_lr"]}, optimizer="adam", steps=settings["steps"], device=device())
-        runs["SGD+momentum"] = Spec.make({"lr": settings["sgd_lr"], "momentum": 0.9}, optimizer="sgd",
-                                         steps=settings["steps"], device=device())
-    trajs = {label: run_cached(spec, label) for label, spec in runs.items()}
-    show_runs(key, trajs)
-    k = trajs["K-FAC"]
-    shown = {name: k.extras[name] for name in ("damping", "rho", "alpha", "step_norm") if name in k.extras}
-    if shown:
-        st.markdown("**K-FAC's damping λ, reduction ratio ρ (dotted: the 1/4 and 3/4 thresholds), step size α "
-                    "and step norm**")
-        st.plotly_chart(traces_figure(k.step, shown, log_y=("damping", "step_norm")), key=f"{key}-traces")
+        runs["Adam"] = _spec(settings, "adam", {"lr": settings["adam_lr"]})
+        runs["SGD+momentum"] = _spec(settings, "sgd", {"lr": settings["sgd_lr"], "momentum": 0.9})
+    trajs = run_all(runs)
+    if settings.get("task") == "digits-cnn":
+        st.caption("Mini-batches of 256: each point is the loss of that step's batch.")
+    show_runs(key, trajs, _described(settings))
+    safeguard_traces(key, trajs["K-FAC"])
+
+
+def _described(s: dict) -> dict:
+    """The settings as a learner reads them (for "changed since your previous run")."""
+    out = {"task": s.get("task"), "steps": s["steps"], "damping λ": s["damping"],
+           "adaptive damping": "on" if s["adaptive"] else "off", "step size": RULES[s["rule"]],
+           "inverse interval": s["inv"]}
+    if s["rule"] != "quadratic":
+        out["K-FAC learning rate"] = s["kfac_lr"]
+    if s.get("adam_lr") is not None:
+        out |= {"Adam learning rate": s["adam_lr"], "SGD learning rate": s["sgd_lr"]}
+    return out
 
 
 def kfac_training(lab: Lab) -> None:
     st.markdown(
-        "The digits autoencoder (64-128-64-32-8-32-64-128-64, tanh; the scaled-down version of the deep "
-        "autoencoders Martens & Grosse used), full batch, trained by our K-FAC, Adam and SGD with momentum."
+        "Three digits tasks: the autoencoder (the scaled-down version of the deep autoencoders Martens & Grosse "
+        "used), an MLP classifier and a small CNN, trained by our K-FAC, Adam and SGD with momentum."
     )
     training("kt", with_baselines=True)
     bench_results("kfac", "K-FAC vs tuned Adam", kfac_bench.report)
 
 
+def _count(n: int) -> str:
+    """An exact count with thousands separators, or 3 significant digits past 10^15."""
+    return f"{n:,}" if n < 10**15 else f"{n:.3g}"
+
+
+MEASURE_MAX = 1024  # the largest eigendecomposition timed here; larger ones are extrapolated
+
+
+def _measure(m: int, n: int) -> tuple[list, list, float]:
+    dims = {"A (n+1)": n + 1, "G (m)": m, "exact block (m(n+1))": m * (n + 1)}
+    with st.spinner(f"Timing eigendecompositions up to {MEASURE_MAX} x {MEASURE_MAX} ..."):
+        return costs.inversion_times(dims, lambda d: costs.measure_eigh_seconds(d, device=device(),
+                                                                               max_dim=MEASURE_MAX),
+                                     max_dim=MEASURE_MAX)
+
+
+def _inversion_table(m: int, n: int) -> None:
+    rows, ladder, c = _measure(m, n)
+    out = [{"matrix": r.name, "size d": f"{r.size:,}", "seconds": costs.human_seconds(r.seconds),
+            "how": "measured" if r.measured else f"extrapolated: {c:.3g} · d³ s"} for r in rows]
+    out += [{"matrix": r.name, "size d": f"{r.size:,}", "seconds": costs.human_seconds(r.seconds),
+             "how": "measured (point of the fit)"} for r in ladder]
+    st.dataframe(out, hide_index=True, key="kc-measured")
+    if any(not r.measured for r in rows):
+        fitted = sorted({r.size for r in rows + ladder if r.measured})
+        st.caption(f"Sizes above {MEASURE_MAX} are not run here: their times are **extrapolated** from "
+                   f"t ≈ c·d³, fitted by least squares to the sizes measured on this device ({', '.join(map(str, fitted))}"
+                   "; points below 256 are left out of the fit when there are enough larger ones, since fixed "
+                   "overheads dominate them). An exact block that large would not fit in memory anyway.")
+
+
 def kfac_cost(lab: Lab) -> None:
     c1, c2, c3 = st.columns(3)
-    m = int(c1.number_input("outputs m", min_value=1, max_value=1_000_000, value=4096, step=1, key="kc-m"))
-    n = int(c2.number_input("inputs n", min_value=1, max_value=1_000_000, value=4096, step=1, key="kc-n"))
-    dtype = c3.selectbox("dtype", list(costs.DTYPE_BYTES), index=1, key="kc-dtype")
+    m = int(c1.number_input("outputs m", min_value=1, max_value=1_000_000, value=4096, step=1, key="kc-m", bind="query-params",
+                            help="How many outputs the dense layer has (rows of its weight matrix W)."))
+    n = int(c2.number_input("inputs n", min_value=1, max_value=1_000_000, value=4096, step=1, key="kc-n", bind="query-params",
+                            help="How many inputs it has (columns of W); the bias adds one more to K-FAC's A."))
+    dtype = c3.selectbox("dtype", list(costs.DTYPE_BYTES), index=1, key="kc-dtype", bind="query-params",
+                         help="The number format the curvature is stored in: bytes per entry.")
     rows = []
     for c in costs.layer_costs(m, n, bias=True, dtype=dtype):
         rows.append({"name": c.name, "entries": c.entries, "memory": costs.human_bytes(c.bytes),
                      "bytes": c.bytes, "bytes_text": costs.human_bytes(c.bytes),
                      "invert FLOPs": f"{c.invert_flops:.3g}", "invert": c.invert_flops,
                      "apply FLOPs": f"{c.apply_flops:.3g}", "apply": c.apply_flops})
-    st.dataframe([{k: r[k] for k in ("name", "entries", "memory", "invert FLOPs", "apply FLOPs")} for r in rows],
+    # entries as text: the exact Fisher block of a 10^6 x 10^6 layer has ~10^24 of them, beyond a 64-bit column
+    st.dataframe([{k: _count(r[k]) if k == "entries" else r[k]
+                   for k in ("name", "entries", "memory", "invert FLOPs", "apply FLOPs")} for r in rows],
                  hide_index=True)
+    log = st.toggle("log scale", value=True, key="kc-log",
+                    help="A log scale shows sizes that differ a million-fold side by side but makes a 4x "
+                         "difference look small; switch it off to compare bar heights directly.")
     f1, f2 = st.columns(2)
-    f1.plotly_chart(cost_figure(rows, "bytes", "memory (bytes, log scale)"), key="kc-mem")
-    f2.plotly_chart(cost_figure(rows, "invert", "FLOPs to invert (log scale)"), key="kc-flops")
-    st.caption("Layer with bias: K-FAC's A is (n+1)x(n+1). Eigendecomposition counted as 9d³ FLOPs.")
-    if st.button("Measure inversion (eigendecomposition) times on this device", key="kc-measure"):
-        dims = {"A (n+1)": n + 1, "G (m)": m, "exact block (m(n+1))": m * (n + 1)}
-        out = []
-        for name, d in dims.items():
-            secs = costs.measure_eigh_seconds(d, device=device(), max_dim=2048)
-            out.append({"matrix": name, "size": d,
-                        "seconds": "too large to try here (> 2048)" if secs is None else f"{secs:.4f}"})
-        st.dataframe(out, hide_index=True)
+    chart(cost_figure(rows, "bytes", "memory", log=log), "kc-mem", f1)
+    chart(cost_figure(rows, "invert", "FLOPs to invert", log=log, axis_title="FLOPs"), "kc-flops", f2)
+    st.caption("Layer with bias: K-FAC's A is (n+1)x(n+1). Eigendecomposition counted as 9d³ FLOPs. "
+               "SI units: 1 GB = 10⁹ bytes.")
+    if st.button("Measure inversion (eigendecomposition) times on this device", key="kc-measure",
+                 help=f"Times eigendecompositions of random symmetric matrices up to {MEASURE_MAX} x {MEASURE_MAX} "
+                      "on this machine and extrapolates larger sizes from the d³ law."):
+        _inversion_table(m, n)
+    model_costs(log)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _model_costs(task: str) -> list[dict]:
+    return [dict(layer=f"{c.name} ({c.kind})", A=c.a_dim, G=c.g_dim, rows=c.rows, inverted=" / ".join(c.methods),
+                 memory=costs.human_bytes(c.bytes), statistics=c.statistics_per_step, inverses=c.inverses_per_step,
+                 apply=c.apply_flops, per_step=c.per_step_flops) for c in costs.kfac_task_costs(task)]
+
+
+def model_costs(log: bool = True) -> None:
+    st.markdown("**Per layer, for one of the course's models** (K-FAC's default schedule: statistics every 10 "
+                "steps, eigendecompositions every 10; factors wider than 1024 inverted by Cholesky every 50 steps)")
+    task = st.radio("model", list(TASK_CHOICES), format_func=TASK_CHOICES.get, key="kc-task", bind="query-params", horizontal=False,
+                    help="One of the models the K-FAC training lab trains.")
+    rows = _model_costs(task)
+    st.dataframe([{"layer": r["layer"], "A": r["A"], "G": r["G"], "rows per batch": r["rows"],
+                   "A / G inverted by": r["inverted"], "memory": r["memory"],
+                   "FLOPs per step": f"{r['per_step']:.3g}"} for r in rows], hide_index=True)
+    chart(layer_cost_figure(rows, log=log), "kc-layers")
+    top = max(rows, key=lambda r: r["per_step"])
+    st.caption(f"The most expensive layer is {top['layer']}: {top['per_step'] / sum(r['per_step'] for r in rows):.0%} "
+               "of K-FAC's FLOPs per step beyond the forward and backward pass.")

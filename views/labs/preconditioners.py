@@ -17,7 +17,8 @@ from natgrad.viz.preconditioners import (
     spectrum_figure,
     training_figure,
 )
-from views.labs.common import cached, device, settings_form
+from views.labs.common import cached, device, jobs, settings_form
+from views.labs.figures import chart
 
 TRAIN_STEPS = [0, 10, 25, 50, 100, 200, 400]
 LAMBDAS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
@@ -25,22 +26,25 @@ STATISTICS = {"true": "exact Fisher (labels drawn from the model)", "empirical":
 EXAMPLES = 512
 
 
-def _snapshots(statistic: str):
-    def compute():
-        with st.spinner("Training the small classifier and computing its exact Fisher at 7 steps ..."):
-            return curvature_snapshots(TRAIN_STEPS, examples=EXAMPLES, statistic=statistic, device=device())
+def _measures(statistic: str, lam: float) -> tuple[list[tuple[int, float]], list]:
+    """(step, loss) at each snapshot and every method's measures there: only what the lab draws
+    (the Fisher matrices stay inside the computation; they are kept per statistic, so a new λ
+    only measures again)."""
+    dev, registry = device(), jobs()
 
-    return cached(("precond-snapshots", statistic, device()), compute)
+    def snapshots():
+        return curvature_snapshots(TRAIN_STEPS, examples=EXAMPLES, statistic=statistic, device=dev)
 
+    def compute(progress):
+        progress(0.0, "training the small classifier and computing its exact Fisher at 7 steps")
+        job = registry.submit(("precond-snapshots", statistic, dev), snapshots, "exact Fisher along training")
+        job.wait()
+        registry.leave(job)
+        snaps = job.outcome()
+        progress(0.5, "building every method's direction and the spectra of P(F + λI)")
+        return [(t, loss) for t, loss, _ in snaps], measure_along([c for _, _, c in snaps], lam)
 
-def _measures(statistic: str, lam: float):
-    snaps = _snapshots(statistic)
-
-    def compute():
-        with st.spinner("Building every method's direction and the spectra of P(F + λI) ..."):
-            return measure_along([c for _, _, c in snaps], lam)
-
-    return snaps, cached(("precond-measures", statistic, lam, device()), compute)
+    return cached(("precond-lab", statistic, lam, dev), compute, label="Directions against the natural gradient")
 
 
 def preconditioner_lab(lab: Lab) -> None:
@@ -62,24 +66,29 @@ def preconditioner_lab(lab: Lab) -> None:
 
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        return dict(step=c1.select_slider("training step", TRAIN_STEPS, value=100, key="pc-step"),
-                    lam=c2.select_slider("damping λ", LAMBDAS, value=1e-3, key="pc-lam"),
-                    statistic=c3.radio("statistics", list(STATISTICS), format_func=STATISTICS.get, key="pc-stat"))
+        return dict(step=c1.select_slider("training step", TRAIN_STEPS, value=100, key="pc-step", bind="query-params",
+                                          help="The classifier is trained with Adam for this many steps; the "
+                                               "directions are compared at the weights it reached."),
+                    lam=c2.select_slider("damping λ", LAMBDAS, value=1e-3, key="pc-lam", bind="query-params",
+                                         help="Added to every method's curvature before its power is taken, and to "
+                                              "F in the natural gradient they are compared with."),
+                    statistic=c3.radio("statistics", list(STATISTICS), format_func=STATISTICS.get, key="pc-stat", bind="query-params",
+                                       help="Which Fisher every method builds its statistics from."))
 
     s = settings_form("pc", draw, submit="Compare the directions")[0]
     if s is None:
         return
     snaps, measures = _measures(s["statistic"], s["lam"])
     i = TRAIN_STEPS.index(s["step"])
-    step, loss, _ = snaps[i]
+    step, loss = snaps[i]
     at = measures[i]
     st.markdown(f"**At step {step}** (training loss {loss:.3f}), λ = {s['lam']:g}:")
-    st.plotly_chart(comparison_figure(at), key="pc-fig-compare")
+    chart(comparison_figure(at), "pc-fig-compare")
     st.dataframe([{"method": name, "cosine": f"{m.cosine:.4f}", "relative error": f"{m.relative_error:.4f}",
                    "condition number": f"{m.condition_number:.3g}" if math.isfinite(m.condition_number) else "∞"}
                   for name, m in at.items()], hide_index=True, key="pc-table")
     with st.expander("Eigenvalues of P(F + λI), divided by their median"):
-        st.plotly_chart(spectrum_figure(at), key="pc-fig-spectrum")
+        chart(spectrum_figure(at), "pc-fig-spectrum")
     st.markdown("**Along training** (the same λ and statistics; one line per method):")
     series = {name: {metric: [] for metric in METRICS} for name in at}
     for ms in measures:
@@ -87,7 +96,7 @@ def preconditioner_lab(lab: Lab) -> None:
             m = ms[name]
             for metric, v in zip(METRICS, (m.cosine, m.relative_error, m.condition_number), strict=True):
                 series[name][metric].append(v)
-    st.plotly_chart(training_figure([t for t, _, _ in snaps], series, [x for _, x, _ in snaps]), key="pc-fig-train")
+    chart(training_figure([t for t, _ in snaps], series, [x for _, x in snaps]), "pc-fig-train")
 
 
 def muon_check(lab: Lab) -> None:
@@ -101,20 +110,25 @@ def muon_check(lab: Lab) -> None:
 
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        return dict(m=c1.select_slider("rows m", [4, 8, 16, 24, 32, 64], value=24, key="mc-m"),
-                    n=c2.select_slider("columns n", [4, 8, 16, 24, 32, 64], value=16, key="mc-n"),
-                    seed=c3.number_input("seed", 0, 10_000, 0, key="mc-seed"))
+        return dict(m=c1.select_slider("rows m", [4, 8, 16, 24, 32, 64], value=24, key="mc-m", bind="query-params",
+                                       help="Rows of the random gradient matrix G."),
+                    n=c2.select_slider("columns n", [4, 8, 16, 24, 32, 64], value=16, key="mc-n", bind="query-params",
+                                       help="Columns of the random gradient matrix G."),
+                    seed=c3.number_input("seed", 0, 10_000, 0, key="mc-seed", bind="query-params",
+                                         help="Which random matrix: the same seed gives the same matrix."))
 
     s = settings_form("mc", draw, submit="Check on a random matrix")[0]
     if s is None:
         return
-    r = cached(("muon-check", s["m"], s["n"], int(s["seed"])), lambda: muon_as_shampoo(s["m"], s["n"], int(s["seed"])))
+    r = cached(("muon-check", s["m"], s["n"], int(s["seed"])), lambda: muon_as_shampoo(s["m"], s["n"], int(s["seed"])),
+               instant=True)
     c1, c2, c3 = st.columns(3)
     c1.metric("max |Shampoo step − UVᵀ|", f"{r['shampoo_vs_polar']:.1e}",
-              delta="agrees to 1e-6" if r["shampoo_vs_polar"] < 1e-6 else "differs", delta_color="off")
+              delta="agrees to 1e-6" if r["shampoo_vs_polar"] < 1e-6 else "differs", delta_color="off",
+              delta_arrow="off")
     c2.metric("max |Muon step − UVᵀ|", f"{r['muon_vs_polar']:.2f}")
     c3.metric("cosine(Muon step, UVᵀ)", f"{r['muon_cosine']:.4f}")
-    st.plotly_chart(singular_values_figure(r["singular_values"]), key="mc-fig")
+    chart(singular_values_figure(r["singular_values"]), "mc-fig")
     st.caption("Shampoo's step has every singular value 1 up to the regulariser; torch's five bfloat16 "
                "Newton-Schulz steps only push them into a band around 1 (its coefficients are tuned for speed, "
                "not convergence), which is why Muon is called an approximate orthogonalisation.")

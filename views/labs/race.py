@@ -12,7 +12,8 @@ from natgrad.bench import soap_muon
 from natgrad.experiments import TASKS
 from natgrad.race import applicable, break_even, label, learning_rate, race_specs, seconds_per_step
 from natgrad.viz.race import race_figure, step_time_figure
-from views.labs.common import bench_results, cached, device, report_status, run_cached, settings_form
+from views.labs.common import bench_results, cached, device, report_status, run_all, settings_form
+from views.labs.figures import chart, with_previous
 from views.labs.kfac import LOG_CHOICES
 
 MAX_RACERS = 6
@@ -29,18 +30,20 @@ def _lr_choices(preset: float) -> list[float]:
 
 
 def _applicable(task: str) -> dict[str, str | None]:
-    return cached(("race-applicable", task, device()), lambda: applicable(task, device=device()))
+    return cached(("race-applicable", task, device()), lambda: applicable(task, device=device()), instant=True)
 
 
 def _pick() -> tuple[str, list[str]]:
     """Task and optimizers, outside the form so the learning-rate sliders follow the choice."""
-    task = st.selectbox("task", list(TASKS), key="race-task", format_func=lambda t: TASK_NAMES.get(t, t))
+    task = st.selectbox("task", list(TASKS), key="race-task", bind="query-params", format_func=lambda t: TASK_NAMES.get(t, t),
+                        help="The model and data every racer trains, from the same starting weights.")
     status = _applicable(task)
     ok = [n for n, why in status.items() if why is None]
     left_out = {n: why for n, why in status.items() if why is not None}
     default = [n for n in FIRST_PICKS if n in ok][:4]
     chosen = st.multiselect(f"optimizers (up to {MAX_RACERS})", ok, default=default, max_selections=MAX_RACERS,
-                            key=f"race-opts-{task}", format_func=label)
+                            key=f"race-opts-{task}", bind="query-params", format_func=label,
+                            help="Every optimizer that can train this task with its preset is offered.")
     if left_out:
         st.caption("Not offered for this task: " + "; ".join(f"**{label(n)}**: {why}" for n, why in left_out.items()))
     return task, chosen
@@ -57,11 +60,16 @@ def _settings(task: str, chosen: list[str]) -> dict | None:
                 lrs[name] = None
             else:
                 lrs[name] = cols[i % 3].select_slider(f"{label(name)} learning rate", _lr_choices(preset),
-                                                      value=preset, key=f"race-lr-{name}")
+                                                      value=preset, key=f"race-lr-{name}", bind="query-params",
+                                                      help=f"{label(name)}'s step size; it starts at the course's "
+                                                           f"preset, {preset:g}.")
         c1, c2 = st.columns(2)
         return dict(task=task, lrs=lrs,
-                    steps=c1.select_slider("steps", STEP_CHOICES, value=100, key="race-steps"),
-                    batch=c2.select_slider("batch size", BATCHES, value="full", key="race-batch"))
+                    steps=c1.select_slider("steps", STEP_CHOICES, value=100, key="race-steps", bind="query-params",
+                                           help="How many updates every racer makes."),
+                    batch=c2.select_slider("batch size", BATCHES, value="full", key="race-batch", bind="query-params",
+                                           help="How many examples each gradient averages; \"full\": the whole "
+                                                "data set every step (no noise)."))
 
     def validate(s: dict) -> str | None:
         return None if s["lrs"] else "Choose at least one optimizer."
@@ -106,15 +114,18 @@ def optimizer_race(lab: Lab) -> None:
         return
     batch = None if s["batch"] == "full" else int(s["batch"])
     specs = race_specs(s["task"], s["lrs"], s["steps"], batch_size=batch, device=device())
-    trajs = {name: run_cached(spec, f"{name} on {s['task']}") for name, spec in specs.items()}
+    trajs = run_all(specs)
     for name, t in trajs.items():
         report_status(name, t)
     trajs = {name: t for name, t in trajs.items() if t.loss}
     if not trajs:
         return
-    st.plotly_chart(race_figure(trajs, TASK_NAMES.get(s["task"], s["task"])), key="race-fig")
+    described = {"task": TASK_NAMES.get(s["task"], s["task"]), "steps": s["steps"], "batch": s["batch"]}
+    described |= {f"{n} learning rate": lr for n, lr in s["lrs"].items() if lr is not None}
+    shown = with_previous("race", trajs, described)
+    chart(race_figure(shown, TASK_NAMES.get(s["task"], s["task"])), "race-fig")
     c1, c2 = st.columns([1, 2])
-    c1.plotly_chart(step_time_figure({n: 1e3 * seconds_per_step(t) for n, t in trajs.items()}), key="race-times")
+    chart(step_time_figure({n: 1e3 * seconds_per_step(t) for n, t in trajs.items()}), "race-times", c1)
     c2.dataframe(_break_even_rows(trajs), hide_index=True, key="race-table")
     if batch is not None:
         st.caption("With mini-batches the curves are the loss on all digits, evaluated about 50 times per run "

@@ -1,4 +1,4 @@
-"""Labs of the Riemannian lesson: where steps land (sphere, Stiefel k = 1, simplex), and the Stiefel manifold
+"""Labs of the Riemannian lesson: where steps land (sphere, Stiefel p = 1, simplex), and the Stiefel manifold
 in practice. The simplex and Poincare labs are in ``views/labs/hyperbolic.py``."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from natgrad.optim.riemannian import SIMPLEX_METHODS, SPHERE_METHODS, simplex_st
 from natgrad.presets import MANIFOLD_PRESETS
 from natgrad.tasks.manifolds import digits_covariance
 from natgrad.viz import simplex_steps_figure, sphere_figure, step_distances_figure, stiefel_figure
-from views.labs.common import device, report_status, run_cached, settings_form
+from views.labs.common import device, report_status, run_all, settings_form
+from views.labs.figures import chart, with_previous
 
 EXP, PROJ, QR, CAYLEY = SPHERE_METHODS
 LR_CHOICES = [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0]
@@ -24,26 +25,34 @@ S_EXP, S_RETR, S_PROJ = SIMPLEX_METHODS
 # ------------------------------------------------------------------ retraction vs exponential map
 def _sphere_tab() -> None:
     c1, c2, c3 = st.columns(3)
-    lat = c1.slider("point: latitude (°)", -85, 85, 30, key="rx-lat")
-    lon = c1.slider("point: longitude (°)", -180, 180, 20, key="rx-lon")
-    heading = c2.slider("step direction in the tangent plane (° from east)", 0, 360, 45, key="rx-head")
-    tilt = c2.slider("tilt of the step out of the tangent plane (°)", -60, 60, 20, key="rx-tilt")
-    length = c3.slider("step length |d|", 0.05, 3.0, 1.5, 0.05, key="rx-len")
+    lat = c1.slider("point: latitude (°)", -85, 85, 30, key="rx-lat", bind="query-params",
+                    help="Where the point x sits on the sphere: degrees north of the equator.")
+    lon = c1.slider("point: longitude (°)", -180, 180, 20, key="rx-lon", bind="query-params",
+                    help="Where the point x sits on the sphere: degrees east.")
+    heading = c2.slider("step direction (°)", 0, 360, 45, key="rx-head", bind="query-params",
+                        help="The direction of the step in the tangent plane at x, in degrees from east "
+                             "(90: north).")
+    tilt = c2.slider("tilt out of the tangent plane (°)", -60, 60, 20, key="rx-tilt", bind="query-params",
+                     help="Tips the Euclidean step d out of the tangent plane, as a raw gradient would be; the "
+                          "methods first project it back.")
+    length = c3.slider("step length |d|", 0.05, 3.0, 1.5, 0.05, key="rx-len", bind="query-params",
+                       help="The Euclidean length of the step d. Short steps: every method agrees; long ones: "
+                            "they part.")
     s = sphere_steps(lat, lon, heading, tilt, length)
-    st.plotly_chart(sphere_figure(s), key="rx-sphere")
+    chart(sphere_figure(s), "rx-sphere")
     n = float(np.linalg.norm(s.tangent))
     arcs = {name: float(np.arccos(np.clip(s.point @ y, -1.0, 1.0))) for name, y in s.landings.items()}
     cols = st.columns(4)
     for col, name in zip(cols, SPHERE_METHODS, strict=True):
         col.metric(name, f"{arcs[name]:.3f} rad", help="arc from x to where this method lands")
-    st.plotly_chart(step_distances_figure(s.scales, s.travelled, s.apart, n), key="rx-sphere-dist")
+    chart(step_distances_figure(s.scales, s.travelled, s.apart, n), "rx-sphere-dist")
     gap_qr = float(np.linalg.norm(s.landings[QR] - s.landings[PROJ]))
     st.caption(
         f"The Euclidean step $x+d$ ends at norm {np.linalg.norm(s.euclidean):.3f}, off the sphere. Its tangent "
         f"projection $v = d - (x^\\top d)\\,x$ has length {n:.3f}. Along the same direction the exponential map "
         f"travels the whole {arcs[EXP]:.3f} rad, the projection $(x+v)/\\lVert x+v\\rVert$ only "
         f"$\\arctan {n:.3f}$ = {arcs[PROJ]:.3f}, the Cayley retraction $2\\arctan({n:.3f}/2)$ = {arcs[CAYLEY]:.3f}. "
-        f"For one column ($k = 1$, the Stiefel manifold St(3, 1) is this sphere) the QR retraction is the same "
+        f"For one column ($p = 1$, the Stiefel manifold St(3, 1) is this sphere) the QR retraction is the same "
         f"normalisation as the projection: its landing point is {gap_qr:.1e} away. All agree to first order, "
         "which is all a retraction promises (Absil, Mahony & Sepulchre, 2008); the right panel shows how fast "
         "they part as the step grows. Points computed with geoopt's Sphere, SphereExact, EuclideanStiefel (QR) "
@@ -53,11 +62,15 @@ def _sphere_tab() -> None:
 
 def _simplex_tab() -> None:
     c1, c2, c3 = st.columns(3)
-    p1 = c1.slider("point: p1", 0.02, 0.96, 0.6, 0.01, key="rs-p1")
-    p2 = c1.slider("point: p2", 0.02, 0.96, 0.3, 0.01, key="rs-p2")
-    angle = c2.slider("direction of u in the triangle (°, 0 = towards outcome 2, 90 = towards 3)", 0, 360, 60,
-                      key="rs-angle")
-    length = c3.slider("Euclidean length of u", 0.02, 1.0, 0.5, 0.01, key="rs-len")
+    p1 = c1.slider("point: p1", 0.02, 0.96, 0.6, 0.01, key="rs-p1", bind="query-params",
+                   help="The probability of outcome 1 at the starting point (p3 is what p1 and p2 leave).")
+    p2 = c1.slider("point: p2", 0.02, 0.96, 0.3, 0.01, key="rs-p2", bind="query-params",
+                   help="The probability of outcome 2 at the starting point.")
+    angle = c2.slider("direction of u (°)", 0, 360, 60, key="rs-angle", bind="query-params",
+                      help="The direction of the step u in the triangle, in degrees: 0 points towards outcome 2, "
+                           "90 towards outcome 3.")
+    length = c3.slider("Euclidean length of u", 0.02, 1.0, 0.5, 0.01, key="rs-len", bind="query-params",
+                       help="How long the step u is, measured as an ordinary vector.")
     p3 = 1.0 - p1 - p2
     if p3 < 0.01:
         st.warning(f"p1 + p2 = {p1 + p2:.2f} leaves p3 = {p3:.2f}: a point of the open simplex needs every "
@@ -65,8 +78,8 @@ def _simplex_tab() -> None:
         return
     s = simplex_steps((p1, p2, p3), angle, length)
     c1, c2 = st.columns([3, 2])
-    c1.plotly_chart(simplex_steps_figure(s), key="rs-fig")
-    c2.plotly_chart(step_distances_figure(s.scales, None, s.apart, length, " (Euclidean)"), key="rs-dist")
+    chart(simplex_steps_figure(s), "rs-fig", c1)
+    chart(step_distances_figure(s.scales, None, s.apart, length, " (Euclidean)"), "rs-dist", c2)
     face = (f"The geodesic reaches a face (a probability hits 0) at $t$ = {s.face_time:.2f} and is reflected "
             "there: past the face the curve is the great circle of the sphere $z = 2\\sqrt{p}$ squared back onto "
             "the simplex." if s.face_time <= 1 else
@@ -111,14 +124,19 @@ def _stiefel_settings() -> dict | None:
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
         return dict(
-            k=c1.select_slider("k (eigenvectors)", list(range(1, 9)), value=4, key="st-k"),
-            steps=c1.select_slider("steps", [50, 100, 200, 400], value=200, key="st-steps"),
-            retraction=c2.radio("retraction of the Riemannian runs", ["qr", "cayley"], key="st-retr",
-                                format_func={"qr": "QR (EuclideanStiefel)", "cayley": "Cayley (CanonicalStiefel)"}.get),
+            k=c1.select_slider("k (eigenvectors)", list(range(1, 9)), value=4, key="st-k", bind="query-params",
+                               help="How many principal directions to find: Q has k orthonormal columns."),
+            steps=c1.select_slider("steps", [50, 100, 200, 400], value=200, key="st-steps", bind="query-params",
+                                   help="How many updates each of the four runs makes."),
+            retraction=c2.radio("retraction of the Riemannian runs", ["qr", "cayley"], key="st-retr", bind="query-params",
+                                format_func={"qr": "QR (EuclideanStiefel)", "cayley": "Cayley (CanonicalStiefel)"}.get,
+                                help="How the Riemannian runs bring a step back onto the manifold."),
             rsgd_lr=c3.select_slider("Riemannian SGD learning rate", LR_CHOICES,
-                                     value=p["riemannian-sgd"]["lr"], key="st-rsgd"),
-            adam_lr=c3.select_slider("Adam learning rate (Riemannian, projected and plain)", LR_CHOICES,
-                                     value=p["riemannian-adam"]["lr"], key="st-adam"))
+                                     value=p["riemannian-sgd"]["lr"], key="st-rsgd", bind="query-params",
+                                     help="The step size of Riemannian SGD."),
+            adam_lr=c3.select_slider("Adam learning rate", LR_CHOICES,
+                                     value=p["riemannian-adam"]["lr"], key="st-adam", bind="query-params",
+                                     help="One step size for the three Adams: Riemannian, projected and plain."))
 
     return settings_form("st", draw)[0]
 
@@ -137,9 +155,10 @@ def _stiefel_rows(trajs: dict[str, Trajectory], best: float) -> list[dict]:
 
 def stiefel_practice(lab: Lab) -> None:
     st.markdown(
-        "Find the top $k$ principal directions of the 8x8 digits: maximise $\\operatorname{tr}(Q^\\top C Q)$ "
-        "over $Q \\in \\mathbb{R}^{64\\times k}$ with $Q^\\top Q = I$, $C$ the pixel covariance scaled so its "
-        "largest eigenvalue is 1. The best value is the sum of the $k$ largest eigenvalues (Fan, 1949). Four runs "
+        "Find the top $p$ principal directions of the 8x8 digits: maximise $\\operatorname{tr}(Q^\\top C Q)$ "
+        "over $Q \\in \\mathbb{R}^{64\\times p}$ with $Q^\\top Q = I$ (a point of the Stiefel manifold St(64, p)), $C$ the "
+        "pixel covariance scaled so its largest eigenvalue is 1. The best value is the sum of the $p$ largest "
+        "eigenvalues (Fan, 1949). Four runs "
         "from the same random orthonormal start: geoopt's Riemannian SGD and Riemannian Adam (gradient projected "
         "onto the tangent space, then a retraction), Adam followed by re-orthonormalisation (the polar factor "
         "$UV^\\top$ of an SVD), and plain Adam."
@@ -150,16 +169,19 @@ def stiefel_practice(lab: Lab) -> None:
     options = {"k": s["k"], "retraction": s["retraction"]}
     lrs = {"riemannian-sgd": s["rsgd_lr"], "riemannian-adam": s["adam_lr"], "projected-adam": s["adam_lr"],
            "adam": s["adam_lr"]}
-    trajs = {label: run_cached(Spec.make({"lr": lrs[opt], **extra}, options, task="stiefel-pca", optimizer=opt,
-                                         steps=s["steps"], device=device()), label)
-             for label, (opt, extra) in STIEFEL_RUNS.items()}
+    trajs = run_all({label: Spec.make({"lr": lrs[opt], **extra}, options, task="stiefel-pca", optimizer=opt,
+                                      steps=s["steps"], device=device())
+                     for label, (opt, extra) in STIEFEL_RUNS.items()})
     for label, t in trajs.items():
         report_status(label, t)
     eig = np.linalg.eigvalsh(digits_covariance().numpy())
     best = float(eig[-s["k"]:].sum())
-    runs = {label: (t.step, [v for v in t.extras.get("objective", [])], [v for v in t.extras.get("orthogonality error", [])])
-            for label, t in trajs.items() if t.step}
-    st.plotly_chart(stiefel_figure(runs, best), key="st-fig")
+    shown = with_previous("st", {label: t for label, t in trajs.items() if t.step},
+                          {"k": s["k"], "steps": s["steps"], "retraction": s["retraction"],
+                           "Riemannian SGD learning rate": s["rsgd_lr"], "Adam learning rate": s["adam_lr"]})
+    runs = {label: (t.step, list(t.extras.get("objective", [])), list(t.extras.get("orthogonality error", [])))
+            for label, t in shown.items()}
+    chart(stiefel_figure(runs, best), "st-fig")
     st.dataframe(_stiefel_rows({k: v for k, v in trajs.items() if v.step}, best), hide_index=True, key="st-table")
     plain = trajs["Adam (plain, ignores QᵀQ = I)"]
     proj = trajs["projected Adam (Adam, then re-orthonormalise)"]

@@ -14,7 +14,8 @@ from natgrad.experiments import Spec, Trajectory
 from natgrad.presets import KFAC_BASE, SHAMPOO_BASE
 from natgrad.tasks.quadratic import kron_quadratic
 from natgrad.viz import cost_figure, loss_figure, rank_bars_figure
-from views.labs.common import bench_results, device, report_status, run_cached, settings_form, show_runs
+from views.labs.common import bench_results, device, report_status, run_all, settings_form, show_runs
+from views.labs.figures import chart, with_previous
 from views.labs.kfac import LOG_CHOICES
 
 EXPONENTS = [8, 6, 5, 4, 3, 2.5, 2]  # p: every Kronecker factor gets X^(-1/p)
@@ -41,13 +42,18 @@ def _quarter_settings() -> dict | None:
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
         return dict(
-            p=c1.select_slider("per-factor exponent (each factor gets X to this power)", EXPONENTS, value=8,
-                               format_func=_exponent_option, key="wq-p"),
-            steps=c1.select_slider("steps", STEP_CHOICES, value=200, key="wq-steps"),
-            skew=c2.select_slider("skew of the quadratic: condition number κ of each factor A, B", SKEWS, value=100,
-                                  key="wq-skew"),
-            lr_digits=c3.select_slider("learning rate, digits autoencoder", LOG_CHOICES, value=3e-3, key="wq-lrd"),
-            lr_quad=c3.select_slider("learning rate, quadratic", LOG_CHOICES, value=3e-1, key="wq-lrq"))
+            p=c1.select_slider("per-factor exponent", EXPONENTS, value=8, format_func=_exponent_option, key="wq-p", bind="query-params",
+                               help="Each Kronecker factor X of Shampoo's preconditioner is raised to this power. "
+                                    "−1/4 and −1/2 always run; a third line shows your choice."),
+            steps=c1.select_slider("steps", STEP_CHOICES, value=200, key="wq-steps", bind="query-params",
+                                   help="How many updates every run makes."),
+            skew=c2.select_slider("skew κ of the quadratic", SKEWS, value=100, key="wq-skew", bind="query-params",
+                                  help="The condition number of each factor A and B of the quadratic: how much "
+                                       "more curved its steepest direction is than its flattest. κ = 1: no skew."),
+            lr_digits=c3.select_slider("learning rate, autoencoder", LOG_CHOICES, value=3e-3, key="wq-lrd", bind="query-params",
+                                       help="The step size of every run on the digits autoencoder."),
+            lr_quad=c3.select_slider("learning rate, quadratic", LOG_CHOICES, value=3e-1, key="wq-lrq", bind="query-params",
+                                     help="The step size of every run on the quadratic."))
 
     return settings_form("wq", draw)[0]
 
@@ -61,7 +67,7 @@ def _exponent_runs(s: dict, task: str, lr: float, task_options: dict | None = No
                                  optimizer="shampoo", steps=s["steps"], device=device())
     specs["Adam"] = Spec.make({"lr": lr}, task_options, task=task, optimizer="adam", steps=s["steps"],
                               device=device())
-    trajs = {label: run_cached(spec, f"{label} on {task}") for label, spec in specs.items()}
+    trajs = run_all(specs)
     for label, t in trajs.items():
         report_status(f"{label} on {task}", t)
     return trajs
@@ -70,11 +76,11 @@ def _exponent_runs(s: dict, task: str, lr: float, task_options: dict | None = No
 def why_quarter(lab: Lab) -> None:
     st.markdown(
         "Shampoo gives every Kronecker factor the power $-1/p$. Gupta, Koren & Singer (2018, arXiv 1802.09568) "
-        "bound full-matrix AdaGrad's $H=\\sum_s g_s g_s^\\top$ by $r\\,(L^{1/2}\\otimes R^{1/2})$; AdaGrad's "
-        "power $-1/2$ applied to that bound is $L^{-1/4}\\otimes R^{-1/4}$, so $-1/4$ per factor is $-1/2$ "
-        "overall. With $-1/2$ per factor the step is $L^{-1/2}\\otimes R^{-1/2} = (L^{1/2}\\otimes R^{1/2})^{-1}$, "
+        "bound full-matrix AdaGrad's $S=\\sum_i g_i g_i^\\top$ by $r\\,(R^{1/2}\\otimes L^{1/2})$ (columns stacked); "
+        "AdaGrad's power $-1/2$ applied to that bound is $R^{-1/4}\\otimes L^{-1/4}$, so $-1/4$ per factor is $-1/2$ "
+        "overall. With $-1/2$ per factor the step is $R^{-1/2}\\otimes L^{-1/2} = (R^{1/2}\\otimes L^{1/2})^{-1}$, "
         "the inverse of the bound itself; Morwani et al. (2025, arXiv 2406.17748) argue for it because "
-        "$L\\otimes R$ approximates $H$ up to a scalar. Every Shampoo run below grafts Adam's step length "
+        "$R\\otimes L$ approximates $S$ up to a scalar. Every Shampoo run below grafts Adam's step length "
         "layer by layer, so the lines differ only in the direction each exponent chooses."
     )
     s = _quarter_settings()
@@ -84,18 +90,24 @@ def why_quarter(lab: Lab) -> None:
                     "cond_right": float(s["skew"])}
     digits = _exponent_runs(s, "digits-autoencoder", s["lr_digits"])
     quad = _exponent_runs(s, "kron-quadratic", s["lr_quad"], quad_options)
+    shown = with_previous("wq", {f"{task}: {k}": v for task, runs in (("digits", digits), ("quad", quad))
+                                 for k, v in runs.items()},
+                          {"exponent": exponent_label(s["p"]), "steps": s["steps"], "skew κ": s["skew"],
+                           "autoencoder learning rate": s["lr_digits"], "quadratic learning rate": s["lr_quad"]})
+    pick = {"digits": {}, "quad": {}}
+    for label, t in shown.items():
+        task, run = label.split(": ", 1)
+        pick[task][run] = t
     c1, c2 = st.columns(2)
-    c1.plotly_chart(loss_figure(digits, "step", "digits autoencoder"), key="wq-fig-digits")
-    fig = loss_figure(quad, "step", "Kronecker quadratic")
-    fig.update_yaxes(exponentformat="power")  # 10^-6 rather than SI prefixes such as "1µ"
-    c2.plotly_chart(fig, key="wq-fig-quad")
+    chart(loss_figure(pick["digits"], "step", "digits autoencoder"), "wq-fig-digits", c1)
+    chart(loss_figure(pick["quad"], "step", "Kronecker quadratic"), "wq-fig-quad", c2)
     st.dataframe([{"run": label, "digits: final loss": f"{digits[label].final_loss:.4g}",
                    "quadratic: final loss": f"{quad[label].final_loss:.4g}"} for label in digits],
                  hide_index=True, key="wq-table")
     cond = kron_quadratic(**quad_options).condition_number()
     quarter, half = quad["exponent -1/4"].final_loss, quad["exponent -1/2"].final_loss
     st.caption(
-        f"The quadratic is $f(W)=\\tfrac12\\operatorname{{tr}}((W-W^\\star)^\\top A(W-W^\\star)B)$ with "
+        f"The quadratic is $\\mathcal{{L}}(W)=\\tfrac12\\operatorname{{tr}}((W-W^\\star)^\\top A(W-W^\\star)B)$ with "
         f"{QUADRATIC_SIZE}x{QUADRATIC_SIZE} $W$, its Hessian $B\\otimes A$ has condition number {cond:,.0f} "
         f"(computed from $A$ and $B$), and random rotations hide that curvature from Adam's diagonal. "
         f"Its gradient is $G = A(W-W^\\star)B$, so while the error is spread evenly Shampoo's statistics "
@@ -109,10 +121,15 @@ def why_quarter(lab: Lab) -> None:
 def _versus_settings() -> dict | None:
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        return dict(steps=c1.select_slider("steps", STEP_CHOICES, value=200, key="sk-steps"),
-                    shampoo_lr=c2.select_slider("Shampoo learning rate", LOG_CHOICES, value=3e-3, key="sk-slr"),
-                    adam_lr=c2.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key="sk-alr"),
-                    damping=c3.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key="sk-damp"))
+        return dict(steps=c1.select_slider("steps", STEP_CHOICES, value=200, key="sk-steps", bind="query-params",
+                                           help="How many updates each of the three makes."),
+                    shampoo_lr=c2.select_slider("Shampoo learning rate", LOG_CHOICES, value=3e-3, key="sk-slr", bind="query-params",
+                                                help="Shampoo's step size (its step length is grafted from Adam)."),
+                    adam_lr=c2.select_slider("Adam learning rate", LOG_CHOICES, value=1e-2, key="sk-alr", bind="query-params",
+                                             help="Adam's step size (betas 0.9, 0.999)."),
+                    damping=c3.select_slider("K-FAC initial damping λ", LOG_CHOICES, value=1e-2, key="sk-damp", bind="query-params",
+                                             help="Where K-FAC's damping starts; the Levenberg-Marquardt rule then "
+                                                  "adapts it. K-FAC's step size comes from its quadratic model."))
 
     return settings_form("sk", draw)[0]
 
@@ -138,8 +155,9 @@ def shampoo_vs_kfac(lab: Lab) -> None:
                            device=device()),
         "Adam": Spec.make({"lr": s["adam_lr"]}, optimizer="adam", steps=s["steps"], device=device()),
     }
-    trajs = {label: run_cached(spec, label) for label, spec in specs.items()}
-    show_runs("sk", trajs)
+    trajs = run_all(specs)
+    show_runs("sk", trajs, {"steps": s["steps"], "Shampoo learning rate": s["shampoo_lr"],
+                            "Adam learning rate": s["adam_lr"], "K-FAC damping λ": s["damping"]})
     target = trajs["Adam"].final_loss
     rows = []
     for label, t in trajs.items():
@@ -166,19 +184,25 @@ def _memory_rows(m: int, n: int, dtype: str, block: int | None, layout: str) -> 
 
 def shampoo_memory(lab: Lab) -> None:
     c1, c2, c3 = st.columns(3)
-    m = int(c1.number_input("rows m (e.g. vocabulary)", min_value=1, max_value=1_000_000, value=32000, step=1,
-                            key="sm-m"))
-    n = int(c1.number_input("columns n (e.g. hidden size)", min_value=1, max_value=1_000_000, value=4096, step=1,
-                            key="sm-n"))
-    dtype = c2.selectbox("dtype", list(costs.DTYPE_BYTES), index=1, key="sm-dtype")
-    block = c2.select_slider("block size (max_preconditioner_dim)", BLOCK_CHOICES, value=1024, key="sm-block")
-    gpus = int(c3.number_input("GPUs sharing the blocks", min_value=1, max_value=256, value=4, step=1,
-                               key="sm-gpus"))
+    m = int(c1.number_input("rows m", min_value=1, max_value=1_000_000, value=32000, step=1, key="sm-m", bind="query-params",
+                            help="Rows of the weight matrix, e.g. the vocabulary of an embedding: L is m x m."))
+    n = int(c1.number_input("columns n", min_value=1, max_value=1_000_000, value=4096, step=1, key="sm-n", bind="query-params",
+                            help="Columns of the weight matrix, e.g. the hidden size: R is n x n."))
+    dtype = c2.selectbox("dtype", list(costs.DTYPE_BYTES), index=1, key="sm-dtype", bind="query-params",
+                         help="The number format of the statistics and roots: bytes per entry.")
+    block = c2.select_slider("block size", BLOCK_CHOICES, value=1024, key="sm-block", bind="query-params",
+                             help="Distributed Shampoo's max_preconditioner_dim: the matrix is cut into blocks at "
+                                  "most this wide, each with its own small L and R.")
+    gpus = int(c3.number_input("GPUs", min_value=1, max_value=256, value=4, step=1, key="sm-gpus", bind="query-params",
+                               help="How many GPUs share the blocks (a block is never split between them)."))
     rows = _memory_rows(m, n, dtype, None, "unblocked") + _memory_rows(m, n, dtype, block, f"blocks of {block}")
     st.dataframe(rows, hide_index=True, key="sm-table")
     totals = [r for r in rows if r["matrix"] == "total"]
-    st.plotly_chart(cost_figure([{"name": r["layout"], "bytes": r["bytes"], "bytes_text": r["memory"]} for r in totals],
-                                "bytes", "statistics and inverse roots (bytes, log scale)"), key="sm-fig")
+    log = st.toggle("log scale", value=False, key="sm-log",
+                    help="A log scale shows sizes that differ a million-fold side by side but makes a 4x "
+                         "difference look small.")
+    chart(cost_figure([{"name": r["layout"], "bytes": r["bytes"], "bytes_text": r["memory"]} for r in totals],
+                      "bytes", "statistics and inverse roots", log=log), "sm-fig")
     blocks = costs.shampoo_blocks(m, n, block)
     if blocks > MAX_BLOCKS:
         st.warning(f"With blocks of {block} this matrix has {blocks:,} blocks: too many to hand out to GPUs one by "
@@ -193,9 +217,10 @@ def shampoo_memory(lab: Lab) -> None:
     blocked = shares[f"blocks of {block}"]
     cols[-1].metric("total / GPUs", costs.human_bytes(blocked.total_bytes / gpus))
     if gpus > 1:
-        st.plotly_chart(rank_bars_figure({"statistics and roots": blocked.per_rank}, f"per GPU, blocks of {block}",
-                                         "bytes", level=blocked.total_bytes / gpus, level_name="total / GPUs",
-                                         text=[costs.human_bytes(b) for b in blocked.per_rank]), key="sm-ranks")
+        fig = rank_bars_figure({"statistics and roots": blocked.per_rank}, f"per GPU, blocks of {block}", "memory",
+                               level=blocked.total_bytes / gpus, level_name="total / GPUs",
+                               text=[costs.human_bytes(b) for b in blocked.per_rank], bytes_axis=True, holder="GPU")
+        chart(fig, "sm-ranks")
     st.caption(f"Unblocked, the whole matrix is one block, so one GPU holds all "
                f"{costs.human_bytes(shares['unblocked'].total_bytes)} however many GPUs there are. SI units: "
                "1 GB = 10⁹ bytes.")

@@ -12,29 +12,47 @@ from natgrad.sharding import (
     DATA_SIZE,
     FAULTS,
     HANG_TIMEOUT_S,
+    MAX_CONCURRENT_RUNS,
     MAX_RANKS,
     MODELS,
+    ShardingBusy,
     ShardingConfig,
     ShardingResult,
     run_sharded,
 )
 from natgrad.viz import rank_bars_figure
-from views.labs.common import cached, settings_form
+from views.labs.common import cached_here, settings_form
+from views.labs.figures import chart
 
 FAULT_NAMES = {"none": "no, train normally", "raise": "make it raise an error", "hang": "make it hang"}
 
 
 def _form() -> tuple[ShardingConfig | None, bool]:
+    # outside the form, so that "rank to break" is switched off at once when nothing is broken
+    fault = st.radio("break a rank on purpose?", FAULTS, format_func=FAULT_NAMES.get, key="sh-fault", bind="query-params", horizontal=True,
+                     help="Make one rank raise an error or stop answering at step 3, to see how the launcher "
+                          "notices, names the rank and ends every process.")
+
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
-        return dict(
-            world_size=c1.select_slider("ranks (processes)", list(range(1, MAX_RANKS + 1)), value=2, key="sh-ranks"),
-            model=c1.radio("model", ["autoencoder", "wide"], format_func=lambda k: MODELS[k][0], key="sh-model"),
-            steps=c2.select_slider("steps", [10, 20, 50, 100], value=20, key="sh-steps"),
-            max_preconditioner_dim=c2.select_slider("block size (max_preconditioner_dim)", [16, 32, 64, 128, 256],
-                                                    value=64, key="sh-block"),
-            fault=c3.radio("break a rank on purpose?", FAULTS, format_func=FAULT_NAMES.get, key="sh-fault"),
-            fault_rank=c3.select_slider("rank to break (at step 3)", list(range(MAX_RANKS)), value=1, key="sh-frank"))
+        out = dict(
+            world_size=c1.select_slider("ranks (processes)", list(range(1, MAX_RANKS + 1)), value=2, key="sh-ranks", bind="query-params",
+                                        help="How many processes share the training: each gets its slice of the "
+                                             "data and owns some of Shampoo's blocks."),
+            model=c1.radio("model", ["autoencoder", "wide"], format_func=lambda k: MODELS[k][0], key="sh-model", bind="query-params",
+                           help="The network the ranks train together."),
+            steps=c2.select_slider("steps", [10, 20, 50, 100], value=20, key="sh-steps", bind="query-params",
+                                   help="How many updates the ranks make together."),
+            max_preconditioner_dim=c2.select_slider("block size", [16, 32, 64, 128, 256], value=64, key="sh-block", bind="query-params",
+                                                    help="max_preconditioner_dim: weights wider than this are cut "
+                                                         "into blocks, and blocks are what the ranks share out."),
+            fault=fault,
+            fault_rank=c3.select_slider("rank to break", list(range(MAX_RANKS)), value=1, key="sh-frank", bind="query-params",
+                                        disabled=fault == "none",
+                                        help="Which rank fails at step 3 (ranks are numbered from 0)."))
+        if fault == "none":
+            c3.caption("No rank is broken, so there is no rank to choose: pick a way to break one above.")
+        return out
 
     def validate(v: dict) -> str | None:
         if v["fault"] != "none" and v["fault_rank"] >= v["world_size"]:
@@ -45,14 +63,19 @@ def _form() -> tuple[ShardingConfig | None, bool]:
     hint = ("Choose settings and press the button. Starting the processes takes a few seconds; results are "
             "cached per setting.")
     values, submitted = settings_form("sh", draw, "Launch the ranks and train", validate, hint)
+    if values is not None and values["fault"] == "none":  # the rank to break then changes nothing: same run, cached
+        values = values | {"fault_rank": ShardingConfig.fault_rank}
     return (None if values is None else ShardingConfig(**values)), submitted
 
 
 def _launch(cfg: ShardingConfig) -> ShardingResult:
+    # bar.progress is also where Streamlit stops a run whose page was rerun or closed:
+    # run_sharded then ends every rank before the exception leaves it
     bar = st.progress(0.0, text="Starting ...")
-    result = run_sharded(cfg, progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text))
-    bar.empty()
-    return result
+    try:
+        return run_sharded(cfg, progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text))
+    finally:  # also when a rank failed: no stale "step 0/20" bar under the error
+        bar.empty()
 
 
 def _failure(message: str) -> None:
@@ -79,7 +102,12 @@ def sharding(lab: Lab) -> None:
         st.caption(f"A hung rank leaves its peers waiting in a collective; they give up after {HANG_TIMEOUT_S:.0f} s "
                    f"(normal runs: {COLLECTIVE_TIMEOUT_S:.0f} s) and the launcher names the rank that never finished.")
     try:
-        result = cached(cfg, lambda: _launch(cfg))
+        result = cached_here(cfg, lambda: _launch(cfg))
+    except ShardingBusy as exc:
+        st.warning(f"Please wait: another sharded run is using this server's processes ({exc}). The server "
+                   f"runs {MAX_CONCURRENT_RUNS} at a time so that each gets the CPU it needs; press the button "
+                   "again in a minute. Nothing was started for you.", icon=":material/hourglass_top:")
+        return
     except DistributedRunError as exc:
         st.session_state["sh-failed"] = (cfg, str(exc))
         _failure(str(exc))
@@ -110,16 +138,16 @@ def _show(res: ShardingResult) -> None:
            "into later steps.")
     )
     f1, f2 = st.columns(2)
-    f1.plotly_chart(rank_bars_figure(
+    chart(rank_bars_figure(
         {"statistics": [r["statistics_bytes"] for r in reports], "inverse roots": [r["root_bytes"] for r in reports]},
-        "preconditioner memory per rank", "bytes", level=res.reference_bytes / W, level_name="single process / ranks",
-        text=[costs.human_bytes(b) for b in res.per_rank_bytes]), key="sh-mem")
+        "preconditioner memory per rank", "memory", level=res.reference_bytes / W, level_name="single process / ranks",
+        text=[costs.human_bytes(b) for b in res.per_rank_bytes], bytes_axis=True), "sh-mem", f1)
     other = [max(r["seconds"] - r["root_seconds"] - r["comm_seconds"], 0.0) for r in reports]
-    f2.plotly_chart(rank_bars_figure(
+    chart(rank_bars_figure(
         {"root computation": [r["root_seconds"] for r in reports],
          "communication": [r["comm_seconds"] for r in reports], "everything else": other},
         "time per rank in the training loop", "seconds",
-        text=[f"{r['seconds']:.2f} s" for r in reports]), key="sh-time")
+        text=[f"{r['seconds']:.2f} s" for r in reports]), "sh-time", f2)
     st.dataframe([{"rank": r["rank"], "blocks owned": len(r["blocks"]),
                    "largest block": _largest(r["blocks"]),
                    "bytes": r["preconditioner_bytes"], "memory": costs.human_bytes(r["preconditioner_bytes"]),

@@ -1,0 +1,212 @@
+"""How fast the course answers in a real browser: page settle times and each lab's run at its opening settings.
+
+    python scripts/app_timing.py                  # every page, every lab form
+    python scripts/app_timing.py --pages kfac damping
+    python scripts/app_timing.py --fresh          # without the shipped opening results: real training
+
+Starts ``streamlit run app.py`` headless on 127.0.0.1 (a free port) and drives
+Debian's Chromium (``/usr/bin/chromium``) with the playwright package. A page
+*settles* when no script run has been going for 0.5 s; its time runs from the
+start of navigation to the end of the last run. For every lab form the
+submit button is pressed twice at the form's opening settings: the first
+press is the learner's first run (served from the shipped results unless
+``--fresh``), the second the cached rerun; each is timed from the click to the
+end of the run it started (a lab reruns alone: it is an ``st.fragment``).
+Times are wall clock on this machine and include whatever else it is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+QUIET_MS = 500  # a page or a lab has settled when no run has been going for this long
+TIMEOUT_S = 600
+
+# Record, in the page, when a script run starts and ends (Streamlit's status widget says "Running")
+# and when the main area last changed.
+OBSERVER = """
+window.__runs = []; window.__running = false; window.__lastChange = performance.now();
+new MutationObserver(() => {
+  window.__lastChange = performance.now();
+  const w = document.querySelector('[data-testid="stStatusWidget"]');
+  const running = !!document.querySelector('[data-testid="stStatusWidgetRunningIcon"]')
+    || (!!w && w.innerText.includes('Running'));
+  if (running !== window.__running) { window.__running = running; window.__runs.push([running, performance.now()]); }
+}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(fresh: bool) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = dict(os.environ, NATGRAD_COURSE_DB=str(Path(tempfile.mkdtemp()) / "progress.sqlite3"))
+    if fresh:
+        env["NATGRAD_COURSE_SHIPPED"] = "0"
+    log = open(Path(tempfile.mkdtemp()) / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            break
+    stop_server(proc)
+    raise SystemExit(f"streamlit did not start; see {log.name}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _settled(page, since_ms: float) -> float | None:
+    """ms (page clock) at which the last run after ``since_ms`` ended, once quiet for QUIET_MS; else None."""
+    runs, running, now, last_change = page.evaluate(
+        "() => [window.__runs, window.__running, performance.now(), window.__lastChange]")
+    if running:
+        return None
+    after = [t for r, t in runs if t >= since_ms]
+    end = max([t for r, t in runs if not r and t >= since_ms], default=None)
+    if end is None:  # no run was seen: a run too short for the status widget; take the last change
+        end = last_change if last_change >= since_ms else since_ms
+        if now - since_ms < 3 * QUIET_MS:
+            return None
+    if now - max(after + [end]) < QUIET_MS:
+        return None
+    return end
+
+
+def wait_settled(page, since_ms: float) -> float:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        end = _settled(page, since_ms)
+        if end is not None:
+            return (end - since_ms) / 1e3
+        page.wait_for_timeout(50)
+    raise TimeoutError(f"not settled within {TIMEOUT_S} s")
+
+
+def open_page(page, url: str) -> float:
+    """Seconds from the start of navigation until the page has settled."""
+    page.goto(url)
+    page.wait_for_selector('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]', timeout=TIMEOUT_S * 1e3)
+    return wait_settled(page, 0.0)
+
+
+TAG_LABS = """() => {
+  let i = 0;
+  for (const h of document.querySelectorAll('[data-testid="stMain"] h4')) {
+    if (!h.innerText.includes('Lab:')) continue;
+    const box = h.closest('[data-testid="stVerticalBlock"]');
+    if (!box) continue;
+    box.setAttribute('data-timing-lab', String(i));
+    box.setAttribute('data-timing-title', h.innerText.replace('science', '').replace('Lab:', '').trim());
+    i++;
+  }
+  return i;
+}"""
+
+
+def lab_forms(page) -> list[tuple[str, object]]:
+    """(lab title / button, submit button) for every form inside a lab frame."""
+    out = []
+    for i in range(page.evaluate(TAG_LABS)):
+        lab = page.locator(f'[data-timing-lab="{i}"]')
+        title = lab.get_attribute("data-timing-title")
+        buttons = lab.locator('[data-testid="stFormSubmitButton"] button')
+        for j in range(buttons.count()):
+            button = buttons.nth(j)
+            out.append((f"{title} / {button.inner_text().strip()}", button))
+    return out
+
+
+def press(page, button) -> float:
+    button.scroll_into_view_if_needed()
+    since = page.evaluate("() => performance.now()")
+    button.click()
+    return wait_settled(page, since)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", nargs="*", help="lesson slugs (default: every lesson)")
+    parser.add_argument("--fresh", action="store_true", help="without the shipped opening results")
+    parser.add_argument("--no-labs", action="store_true", help="page times only")
+    args = parser.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    from course.lessons import load_lessons
+
+    slugs = args.pages or [x.slug for x in load_lessons()]
+    proc, url = start_server(args.fresh)
+    pages, labs = [], []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_init_script(OBSERVER)
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_S * 1e3)
+            first = open_page(page, f"{url}/home")  # the server imports torch and the course on its first page
+            pages.append(("home (first page of the server)", first))
+            for path in ["home", "progress", *slugs]:
+                pages.append((path, open_page(page, f"{url}/{path}")))
+                print(f"page {path}: settled in {pages[-1][1]:.2f} s", flush=True)
+                if args.no_labs or path in ("home", "progress"):
+                    continue
+                for name, button in lab_forms(page):
+                    first_run = press(page, button)
+                    rerun = press(page, button)
+                    labs.append((f"{path}: {name}", first_run, rerun))
+                    print(f"  lab {name}: first run {first_run:.2f} s, rerun {rerun:.2f} s", flush=True)
+            browser.close()
+    finally:
+        stop_server(proc)
+    print(f"\n{'page':<48} settled (s)")
+    for name, secs in pages:
+        print(f"{name:<48} {secs:8.2f}")
+    if labs:
+        what = "first run (training)" if args.fresh else "first run (opening settings)"
+        print(f"\n{'lab form':<72} {what:>28} {'cached rerun':>13}")
+        for name, a, b in labs:
+            print(f"{name[:72]:<72} {a:28.2f} {b:13.2f}")
+    lesson_pages = [s for n, s in pages[1:] if n not in ("home", "progress")]
+    if lesson_pages:
+        print(f"\nslowest lesson page {max(lesson_pages):.2f} s; "
+              + (f"slowest lab first run {max(a for _, a, _ in labs):.2f} s, slowest rerun "
+                 f"{max(b for _, _, b in labs):.2f} s" if labs else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

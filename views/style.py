@@ -1,0 +1,50 @@
+"""The course's few style rules, injected once per page run (a style-only ``st.html`` takes no space).
+
+* Phone width (up to 640 px, where Streamlit already stacks columns): figures, equations and tables
+  stay inside the screen. A wide display equation or Markdown table scrolls sideways inside its own
+  box (``overflow-x: auto``) instead of pushing the page wider.
+* Labels are never cut off: widget and metric labels wrap instead of ending in "...".
+* The learner's name stays reachable on a phone: the sidebar's open button is always shown.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+CSS = """
+<style>
+/* wide display maths and Markdown tables scroll inside their own box */
+.katex-display { overflow-x: auto; overflow-y: hidden; max-width: 100%; padding: 0.1em 0; }
+[data-testid="stMarkdownContainer"] table { display: block; max-width: 100%; overflow-x: auto; }
+[data-testid="stMarkdownContainer"] pre, [data-testid="stCode"] pre { max-width: 100%; overflow-x: auto; }
+[data-testid="stMarkdownContainer"] { overflow-wrap: anywhere; }
+/* labels wrap instead of being cut off with an ellipsis */
+[data-testid="stWidgetLabel"], [data-testid="stWidgetLabel"] *,
+[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] * {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+}
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] * { white-space: normal !important;
+  overflow-wrap: anywhere; }
+[data-testid="stMetricDelta"], [data-testid="stMetricDelta"] * { white-space: normal !important; }
+/* figures never wider than their column */
+[data-testid="stPlotlyChart"], .stPlotlyChart { max-width: 100%; }
+@media (max-width: 640px) {
+  /* stacked columns: no side padding wasted, figures use the full width */
+  [data-testid="stMainBlockContainer"] { padding-left: 0.75rem; padding-right: 0.75rem; }
+  [data-testid="stHorizontalBlock"] { flex-wrap: wrap; }
+  [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: 100% !important; flex: 1 1 100% !important; }
+  /* the sidebar (learner name, progress) is one tap away */
+  [data-testid="stExpandSidebarButton"], [data-testid="stSidebarCollapsedControl"] { visibility: visible !important;
+    display: flex !important; }
+  .katex-display > .katex { font-size: 1.0em; }
+  /* an inline formula too wide to wrap at its operators scrolls too */
+  [data-testid="stMarkdownContainer"] p > .katex, [data-testid="stMarkdownContainer"] li > .katex {
+    display: inline-block; max-width: 100%; overflow-x: auto; overflow-y: hidden; vertical-align: middle; }
+}
+</style>
+"""
+
+
+def inject() -> None:
+    """Add the style rules to the page (call once per run, before the page draws)."""
+    st.html(CSS)
