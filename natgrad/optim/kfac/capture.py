@@ -26,6 +26,7 @@ that K-FAC makes for itself (the reduction ratio, forward-mode products).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -138,9 +139,11 @@ class Capture:
                 slot = rec.loss_grads.setdefault(name, [])
                 slot.append(None)
                 i = len(slot) - 1
+                me = weakref.ref(self)  # see _backward_hook
 
                 def keep(g: torch.Tensor) -> None:
-                    if not self._in_hook:
+                    capture = me()
+                    if capture is not None and not capture._in_hook:
                         slot[i] = g.detach()
 
                 output.register_hook(keep)
@@ -148,17 +151,25 @@ class Capture:
         return hook
 
     def _backward_hook(self, rec: Record):
+        # Weak references: a tensor hook lives in the autograd graph (C++), which Python's
+        # garbage collector cannot see into, so a hook holding the record (which holds the
+        # output tensor and so the graph) or the capture (and so the model and optimizer)
+        # would make a cycle nothing ever frees: every K-FAC run would leak its model,
+        # factors and last graph.
+        me, record = weakref.ref(self), weakref.ref(rec)
+
         def hook(grad: torch.Tensor) -> None:
+            capture, rec = me(), record()
             # K-FAC's own backward passes through the output (from inside this hook, or the
             # double backward of the quadratic model) must not sample a second time
-            if self._in_hook or rec.backward:
+            if capture is None or rec is None or capture._in_hook or rec.backward:
                 return
             rec.backward = True
-            self._in_hook = True
+            capture._in_hook = True
             try:
-                self._on_backward(rec)
+                capture._on_backward(rec)
             finally:
-                self._in_hook = False
+                capture._in_hook = False
 
         return hook
 

@@ -174,3 +174,34 @@ def test_factor_decay_is_per_step_whatever_the_refresh_interval():
     for name in f1:
         for i in range(2):
             torch.testing.assert_close(opt.factors()[name][i], 0.8**3 * f1[name][i] + (1 - 0.8**3) * f2[name][i])
+
+
+@pytest.mark.parametrize("fisher_type", ["true", "empirical"])
+@pytest.mark.parametrize("loop", [False, True], ids=["step(x, y)", "loss.backward(); step()"])
+def test_a_finished_optimizer_and_its_model_are_freed(fisher_type, loop):
+    """Once the caller drops the model and the optimizer, both are freed: K-FAC's tensor hooks
+    (kept in the autograd graph, where the garbage collector cannot look) hold no strong
+    reference back to them. Oracle: weak references, dead after one gc.collect()."""
+    import gc
+    import weakref
+
+    import torch.nn.functional as F
+
+    def train():
+        model = _WithUnused(False).to(DT)
+        opt = KFAC(model, likelihood="softmax", fisher_type=fisher_type, lr=0.1, step_size_rule="fixed",
+                   factor_update_steps=1, inverse_update_steps=1, curvature_examples=None)
+        X, y = _data()
+        for _ in range(3):
+            if loop:
+                opt.zero_grad()
+                F.cross_entropy(model(X), y).backward()
+                opt.step()
+            else:
+                opt.step(X, y)
+        model(X)  # a last forward pass with its graph, never backpropagated
+        return weakref.ref(model), weakref.ref(opt)
+
+    refs = train()
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
