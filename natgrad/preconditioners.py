@@ -279,7 +279,7 @@ def measure(c: Curvature, lam: float, methods: dict | None = None) -> dict[str, 
             continue
         d = r.d
         dn = float(torch.linalg.norm(d) * torch.linalg.norm(ng))
-        cos = float(d @ ng) / dn if dn > 0 else 0.0
+        cos = min(1.0, max(-1.0, float(d @ ng) / dn)) if dn > 0 else 0.0  # rounding can pass 1
         dFd = float(d @ F @ d)
         captured = float(c.g @ d) ** 2 / (dFd * g_ng) if dFd > 0 and g_ng > 0 else 0.0
         ev = torch.linalg.eigvalsh(chol.mT @ r.P @ chol).clamp_min(0)  # eig of P F = eig of C^T P C

@@ -35,10 +35,7 @@ class GridResult:
             if step > t.eval_step[-1]:
                 return math.inf
             return t.eval_loss[bisect.bisect_right(t.eval_step, step) - 1]
-        if step - 1 < len(t.loss):
-            return t.loss[step - 1]
-        steps, losses, _ = t.curve()
-        return next(v for s, v in zip(reversed(steps), reversed(losses), strict=True) if s <= step)
+        return t.loss[step - 1] if step - 1 < len(t.loss) else math.inf
 
 
 def grid(optimizer: str, grids: Sequence[dict], steps: int, task: str, device: str,

@@ -116,6 +116,8 @@ def test_prediction_saved_captions_shown_previous_run_overlaid_and_results_downl
     assert ("riemannian", "predict-simplex-natural-gradient", "prediction", json.dumps(choice.id)) in rows
     assert any(f"Your prediction: **{choice.text}**" in c.value for c in at.caption)
 
+    # the lab opens on its shipped run at the default settings: nothing to overlay yet
+    assert at.toggle(key="kl-overlay").disabled
     at.select_slider(key="kl-steps").set_value(10)
     at = submit(at, "kl")
     assert not at.exception, at.exception
@@ -123,7 +125,7 @@ def test_prediction_saved_captions_shown_previous_run_overlaid_and_results_downl
     for key, text in lab.captions:
         assert any(text in c for c in captions), f"no caption under {key}"
     assert any(f"You predicted: **{choice.text}**" in c for c in captions)
-    assert at.toggle(key="kl-overlay").disabled  # nothing to overlay before a second run
+    assert not at.toggle(key="kl-overlay").disabled  # the opening run can now be overlaid
 
     at.select_slider(key="kl-steps").set_value(20)
     at = submit(at, "kl")
@@ -147,6 +149,7 @@ def test_a_failed_sharded_run_leaves_no_progress_bar(db, monkeypatch):
 
     monkeypatch.setattr(sharding_lab, "run_sharded", fail)
     at = open_page(start(), "distributed-shampoo")
+    at.select_slider(key="sh-steps").set_value(10)  # the defaults' run ships with the app: no launch
     at = submit(at, "sh")
     assert not at.exception, at.exception
     assert any("rank 1 failed" in e.value for e in at.error)

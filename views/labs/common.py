@@ -195,7 +195,8 @@ def settings_form(key: str, draw: Callable[[], dict], submit: str = "Train",
     settings = st.session_state.get(f"{key}-last")
     if settings is not None:
         if current is not None:
-            current.form, current.submit = key, submit
+            # a real run from here on, even after an earlier form of the same lab was a preview
+            current.form, current.submit, current.preview = key, submit, False
         return settings, submitted
     if current is None:  # drawn outside a lab frame: nothing is shown before the first submission
         st.info(hint.format(submit=submit))

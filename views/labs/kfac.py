@@ -230,7 +230,7 @@ def kfac_cost(lab: Lab) -> None:
     st.dataframe([{k: _count(r[k]) if k == "entries" else r[k]
                    for k in ("name", "entries", "memory", "invert FLOPs", "apply FLOPs")} for r in rows],
                  hide_index=True)
-    log = st.toggle("log scale", value=True, key="kc-log",
+    log = st.toggle("log scale", value=True, key="kc-log", bind="query-params",
                     help="A log scale shows sizes that differ a million-fold side by side but makes a 4x "
                          "difference look small; switch it off to compare bar heights directly.")
     f1, f2 = st.columns(2)

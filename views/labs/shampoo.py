@@ -198,7 +198,7 @@ def shampoo_memory(lab: Lab) -> None:
     rows = _memory_rows(m, n, dtype, None, "unblocked") + _memory_rows(m, n, dtype, block, f"blocks of {block}")
     st.dataframe(rows, hide_index=True, key="sm-table")
     totals = [r for r in rows if r["matrix"] == "total"]
-    log = st.toggle("log scale", value=False, key="sm-log",
+    log = st.toggle("log scale", value=False, key="sm-log", bind="query-params",
                     help="A log scale shows sizes that differ a million-fold side by side but makes a 4x "
                          "difference look small.")
     chart(cost_figure([{"name": r["layout"], "bytes": r["bytes"], "bytes_text": r["memory"]} for r in totals],

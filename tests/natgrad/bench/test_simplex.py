@@ -58,10 +58,22 @@ def test_registered_and_protocol():
     assert all(abs(sum(t) - 1) < 1e-12 and t != list(bench.START) for t in full["targets"])
 
 
+def _rounded(x):
+    """``x`` with every float rounded to 12 significant digits (nested dicts and lists)."""
+    if isinstance(x, float):
+        return float(f"{x:.12g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_rounded(v) for v in x]
+    return x
+
+
 @pytest.mark.skipif(not STORED.exists(), reason="no stored benchmark result")
 def test_stored_full_result_is_consistent():
     r = bench.load(STORED)
-    assert r["quick"] is False and r["protocol"] == bench.protocol(False)
+    # the learning-rate grids are np.geomspace, whose last bit differs between numpy builds
+    assert r["quick"] is False and _rounded(r["protocol"]) == _rounded(bench.protocol(False))
     ratios = [row["ratio"] if row["ratio"] is not None else row["ratio_at_least"] for row in r["rows"]]
     # the lesson's claim: the natural gradient needs fewer steps on every target (the ratio depends on the target)
     assert r["min_ratio"] == pytest.approx(min(ratios)) and r["min_ratio"] > 1
