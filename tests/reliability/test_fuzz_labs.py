@@ -198,8 +198,9 @@ class Driver:
                          if w in nodes and not nodes[w].disabled)
         if form:
             _submit_button(self.at, form).click()
+        start = time.monotonic()
         self.at = self.at.run(timeout=LAB_TIMEOUT_S)
-        self.tried.append(what or "baseline")
+        self.tried.append(f"{what or 'baseline'} ({time.monotonic() - start:.1f} s)")
         assert len(self.tried) <= MAX_RUNS, f"lab {self.lab_id}: over {MAX_RUNS} runs; widget ids keep changing?"
         _check(self.at, f"lab {self.lab_id}: {what}")
 
