@@ -57,6 +57,7 @@ from natgrad.optim.checkpoint import load_state_dict_keeping_dtypes, state_dict_
 from natgrad.optim.linalg import EventLog, all_finite, failed, retried, safe_eigh
 from natgrad.optim.shampoo import blocks as sb
 from natgrad.optim.shampoo.grafting import nonfinite_flags
+from natgrad.optim.stepping import begin_step
 
 EIGENBASES = ("qr", "eigh")
 
@@ -148,12 +149,7 @@ class SOAP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One SOAP step (module docstring); returns ``closure()``'s loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
-        work = [(g, ps) for g, ps in work if ps]
+        loss, work = begin_step(self, closure)
         if not work:
             return loss
         if self.skip_nonfinite:

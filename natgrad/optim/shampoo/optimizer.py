@@ -42,6 +42,7 @@ from natgrad.optim.checkpoint import load_state_dict_keeping_dtypes, state_dict_
 from natgrad.optim.linalg import EPSILON_MODES, EventLog, failed, retried
 from natgrad.optim.shampoo import blocks as sb
 from natgrad.optim.shampoo.grafting import GRAFTS, graft_denominators, nonfinite_flags
+from natgrad.optim.stepping import begin_step
 
 
 class Shampoo(torch.optim.Optimizer):
@@ -217,12 +218,7 @@ class Shampoo(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One Shampoo step (see the class docstring); returns ``closure()``'s loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
-        work = [(group, ps) for group, ps in work if ps]
+        loss, work = begin_step(self, closure)
         self._prepare_grads([p for _, ps in work for p in ps])
         if not work or self._nonfinite([p.grad for _, ps in work for p in ps]):
             return loss

@@ -39,6 +39,7 @@ import torch
 
 from natgrad.optim.linalg import EventLog, all_finite
 from natgrad.optim.sophia.estimators import LossFn, gnb_estimate, hutchinson_estimate
+from natgrad.optim.stepping import begin_step
 
 ESTIMATORS = ("gnb", "hutchinson")
 
@@ -174,12 +175,7 @@ class Sophia(torch.optim.Optimizer):
     def step(self, closure=None):
         """One Sophia update from ``p.grad`` (parameters without a gradient are skipped);
         returns ``closure()``'s loss when given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
-        work = [(g, ps) for g, ps in work if ps]
+        loss, work = begin_step(self, closure)
         if not work:
             return loss
         if self.skip_nonfinite and not all_finite(*[p.grad for _, ps in work for p in ps]):

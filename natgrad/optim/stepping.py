@@ -1,0 +1,21 @@
+"""The opening of a ``step`` shared by natgrad's torch optimizers (Shampoo, SOAP, Sophia)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def begin_step(opt: torch.optim.Optimizer, closure: Callable[[], torch.Tensor] | None
+               ) -> tuple[torch.Tensor | None, list[tuple[dict, list[torch.Tensor]]]]:
+    """``closure()``'s loss (evaluated with gradients on, as torch.optim does; None without a
+    closure) and the work of this step: ``(group, its parameters that have a gradient)`` for
+    every param group with at least one such parameter. Parameters without a gradient are
+    skipped, as in torch.optim."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    work = [(group, [p for p in group["params"] if p.grad is not None]) for group in opt.param_groups]
+    return loss, [(group, ps) for group, ps in work if ps]
