@@ -23,8 +23,9 @@ import time
 import pytest
 
 from course.lessons import load_lessons
+from course.session import MAX_LEARNER_LEN
 from natgrad.sharding import MAX_RANKS
-from tests.browser.test_browser import question_forms, settle
+from tests.browser.test_browser import question_forms, results_of_a_run, settle
 from tests.reliability.procs import descendants
 
 # every browser test goes to one pytest-xdist worker (scripts/test.sh runs --dist loadgroup),
@@ -79,6 +80,12 @@ def _move(thumb, notches: int) -> None:
         thumb.press("ArrowRight" if notches > 0 else "ArrowLeft")
 
 
+def _shown_value(thumb) -> str | None:
+    """The value a slider shows (Streamlit's sliders are <input type="range"> whose value is the
+    option's index; the option itself is in aria-valuetext)."""
+    return thumb.get_attribute("aria-valuetext")
+
+
 @pytest.mark.parametrize("same", [False, True], ids=["distinct settings", "identical settings"])
 def test_six_learners_train_at_once(server, browser, same):
     """Six learners press Train in the damping lab at the same moment, 50 steps each: with six
@@ -98,13 +105,16 @@ def test_six_learners_train_at_once(server, browser, same):
         for i, page in enumerate(pages):
             form = _lab_form(page, "Train")
             form.scroll_into_view_if_needed()
-            _move(form.get_by_role("slider").nth(0), -2)  # steps: 200 -> 50
+            steps = form.get_by_role("slider").nth(0)
+            _move(steps, -2)  # steps: 200 -> 50
+            assert _shown_value(steps) == "50"
             # "K-FAC initial damping λ": distinct 0, +1, -1, +2, ... notches; identical: all -3 (a run no
             # distinct learner makes, so that nothing is cached from the other case)
             offset = -3 if same else (i + 1) // 2 * (1 if i % 2 else -1)
             thumb = form.get_by_role("slider").nth(1)
             _move(thumb, offset)
-            dampings.append(thumb.get_attribute("aria-valuenow"))
+            dampings.append(_shown_value(thumb))
+        assert None not in dampings, dampings
         assert len(set(dampings)) == (1 if same else SESSIONS), dampings
         started = {}
         for i, page in enumerate(pages):  # then all press Train, as close together as a driver can
@@ -117,11 +127,11 @@ def test_six_learners_train_at_once(server, browser, same):
             for i, page in enumerate(pages):
                 if i in finished:
                     continue
-                if page.locator('[data-testid="stMetric"]').filter(has_text="ms/step").count() > 0:
+                if results_of_a_run(page):
                     finished[i] = time.monotonic() - started[i]
                     continue
                 status = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="K-FAC:")
-                text = status.first.inner_text() if status.count() else ""
+                text = " ".join(status.all_inner_texts())  # no waiting: the caption goes when its run ends
                 shared_seen += "shared with" in text
                 queued_seen += "in the queue" in text
             time.sleep(0.25)
@@ -158,7 +168,25 @@ def test_six_learners_train_at_once(server, browser, same):
         assert sorted(rows) == sorted((names[i], LESSON.slug, q.id, int(i % 2 == 0)) for i in range(SESSIONS))
 
 
+def _ranks_started(server_pid: int, before: set[int], ranks: int, timeout_s: float = 120) -> set[int]:
+    """The processes of a newly launched run: ``ranks`` live processes under the server that were not
+    there before (``before``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        new = set(descendants(server_pid)) - before
+        if len(new) >= ranks:
+            return new
+        time.sleep(0.05)
+    raise AssertionError(f"no run of {ranks} new rank processes started within {timeout_s:.0f} s")
+
+
 def test_pressing_the_sharding_lab_again_and_again_never_piles_up_ranks(server, browser):
+    """A learner presses the sharding lab's button again while their run is going, four times, each
+    time with another block size (so that no press is answered from the cache). A press inside a lab
+    (a fragment) does not interrupt the lab's run in progress: Streamlit holds it until that run has
+    ended, so each press starts its own run once the ranks of the run before are gone, and the server
+    never holds more than one run's ranks. A second learner who presses meanwhile is told to wait;
+    no rank runs app.py."""
     (ca, a), (cb, b) = _new_page(browser), _new_page(browser)
     counts: list[int] = []
     stop = threading.Event()
@@ -166,35 +194,60 @@ def test_pressing_the_sharding_lab_again_and_again_never_piles_up_ranks(server, 
     def sample() -> None:
         while not stop.is_set():
             counts.append(len(descendants(server["pid"])))
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
+    launch = "Launch the ranks and train"
+    ranks = 2  # the lab's default
     try:
-        launch = "Launch the ranks and train"
         for page in (a, b):
             page.goto(f"{server['url']}/distributed-shampoo")
             settle(page)
-            # steps 20 -> 10: the opening settings' result is shipped and would launch nothing
-            _move(_lab_form(page, launch).get_by_role("slider").nth(1), -1)
+        form = _lab_form(a, launch)
+        form.scroll_into_view_if_needed()
+        assert _shown_value(form.get_by_role("slider").nth(0)) == str(ranks)
+        steps = form.get_by_role("slider").nth(1)
+        _move(steps, 1)  # 20 -> 50: the opening settings' result is shipped and would launch nothing
+        assert _shown_value(steps) == "50"
+        block = form.get_by_role("slider").nth(2)
+        # the second learner: 10 steps in blocks of 256, settings nobody asks for (a cached result would
+        # launch nothing; test_browser's sharding test runs 10 steps in blocks of 64)
+        form_b = _lab_form(b, launch)
+        _move(form_b.get_by_role("slider").nth(1), -1)
+        _move(form_b.get_by_role("slider").nth(2), 2)
+        assert [_shown_value(form_b.get_by_role("slider").nth(i)) for i in (1, 2)] == ["10", "256"]
         sampler.start()
-        for _ in range(4):  # a learner who keeps pressing: each press supersedes the run before it
-            _lab_form(a, launch).get_by_role("button", name=launch).click()
-            time.sleep(3)
-        a.get_by_text(re.compile(r"ranks ready|Training: step")).first.wait_for(timeout=180_000)
+        before = set(descendants(server["pid"]))
+        launched, blocks = [], []
+        for notches in (0, -1, -1, 3):  # block size 64, 32, 16, 128: four runs nobody has made yet
+            _move(block, notches)
+            blocks.append(_shown_value(block))
+            started = time.monotonic()
+            form.get_by_role("button", name=launch).click()
+            # this press's own ranks (after the run before has ended); press again while they run
+            new = _ranks_started(server["pid"], before, ranks)
+            launched.append(time.monotonic() - started)
+            before |= new
+        assert len(set(blocks)) == 4, blocks
         _lab_form(b, launch).get_by_role("button", name=launch).click()  # meanwhile, a second learner
         b.get_by_text("Please wait: another sharded run is using this server's processes").wait_for()
-        a.get_by_text("max |sharded − single process|").wait_for(timeout=300_000)
+        deadline = time.monotonic() + 300
+        while not results_of_a_run(a, "max |sharded − single process|") and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert results_of_a_run(a, "max |sharded − single process|"), "the last run drew no result"
         settle(a)
         _clean(a)
         _clean(b)
+        assert "The sharded run stopped" not in a.content()
         stop.set()
         sampler.join()
         time.sleep(1)
         alive = descendants(server["pid"])
         peak = max(counts)
-        print(f"\nsharding lab pressed 4 times 3 s apart: at most {peak} processes under the server at once "
+        print(f"\nsharding lab pressed 4 times, each while the run before was going; each press's ranks started "
+              f"{', '.join(f'{t:.1f}' for t in launched)} s after it: at most {peak} processes under the server at once "
               f"({len(counts)} samples); alive after the run: {len(alive)}")
-        assert 0 < peak <= 2 <= MAX_RANKS  # the default 2 ranks, never two runs' worth
+        assert 0 < peak <= ranks <= MAX_RANKS  # the default 2 ranks, never two runs' worth
         assert alive == []
         log = server["log"].read_text()
         assert "bare mode" not in log and "ScriptRunContext" not in log, "a rank ran app.py"
@@ -205,7 +258,10 @@ def test_pressing_the_sharding_lab_again_and_again_never_piles_up_ranks(server, 
 
 
 def test_a_name_full_of_markup_is_drawn_as_typed(server, page):
-    name = "![p](http://127.0.0.1:9/pixel.png) :red[r] <b>b</b> $x$"
+    # an image, a colour directive, HTML and maths (each one live when drawn unescaped), within the
+    # MAX_LEARNER_LEN characters a name keeps, so the whole name is the learner's
+    name = "![](//127.0.0.1:9/p) :red[r] <b>b</b>$x$"
+    assert len(name) <= MAX_LEARNER_LEN
     fetched: list[str] = []
     page.on("request", lambda r: fetched.append(r.url))
     page.goto(f"{server['url']}/progress")
@@ -215,6 +271,7 @@ def test_a_name_full_of_markup_is_drawn_as_typed(server, page):
     assert page.locator('img[src*="127.0.0.1:9"]').count() == 0
     assert not [u for u in fetched if "127.0.0.1:9" in u]
     shown = page.locator('[data-testid="stMain"]').inner_text() + page.locator('[data-testid="stSidebar"]').inner_text()
+    assert "Names keep at most" not in shown
     assert f"Learner: {name}" in shown
     assert f"{name}: 0% of the course done" in shown
     assert f"Yes, delete every saved answer of {name}" in shown
@@ -227,3 +284,16 @@ def test_a_name_full_of_markup_is_drawn_as_typed(server, page):
     metric = page.locator('[data-testid="stMetric"]').filter(has_text="Learner").first
     assert name in metric.inner_text()
     assert page.locator('img[src*="127.0.0.1:9"]').count() == 0 and not [u for u in fetched if "127.0.0.1:9" in u]
+    # a longer name is kept as its first MAX_LEARNER_LEN characters, cut inside its markup: that part is
+    # drawn as typed too, and the learner is told
+    long = "![p](http://127.0.0.1:9/pixel.png) :red[r] <b>b</b> $x$"
+    kept = long[:MAX_LEARNER_LEN]
+    _set_learner(page, long)
+    page.get_by_text("Names keep at most").first.wait_for()
+    side = page.locator('[data-testid="stSidebar"]').inner_text()
+    assert f"are saved under its first {MAX_LEARNER_LEN}: {kept}. Type a shorter name" in side, side[:800]
+    assert f"{kept}: 0% of the course done" in side
+    assert kept in page.locator('[data-testid="stMetric"]').filter(has_text="Learner").first.inner_text()
+    assert page.locator('img[src*="127.0.0.1:9"]').count() == 0 and not [u for u in fetched if "127.0.0.1:9" in u]
+    assert page.locator('[data-testid="stMain"] .katex').count() == 0
+    _clean(page)
