@@ -2,7 +2,9 @@
 
 Debian's chromium is driven by the playwright package with executable_path
 (Playwright's own browser download does not work offline). In CI (CI=true)
-a missing browser is a failure, not a skip.
+a missing browser is a failure, not a skip. The server and the browser are
+session fixtures: under pytest-xdist each worker that runs browser tests starts
+its own.
 """
 
 from __future__ import annotations

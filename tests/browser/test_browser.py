@@ -11,10 +11,6 @@ import pytest
 
 from course.lessons import load_lessons
 
-# every browser test goes to one pytest-xdist worker (scripts/test.sh runs --dist loadgroup),
-# so the session's server and browser start once and two Chromiums never run side by side
-pytestmark = pytest.mark.xdist_group("browser")
-
 LESSONS = load_lessons()
 PAGES = ["", "progress"] + [x.slug for x in LESSONS]  # "" is the home page
 

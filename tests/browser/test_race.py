@@ -3,13 +3,7 @@ and draws loss against steps and against seconds, with no exception on the page.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.browser.test_browser import settle
-
-# every browser test goes to one pytest-xdist worker (scripts/test.sh runs --dist loadgroup),
-# so the session's server and browser start once and two Chromiums never run side by side
-pytestmark = pytest.mark.xdist_group("browser")
 
 
 def test_optimizer_race_runs_in_the_browser(server, page):

@@ -28,10 +28,6 @@ from natgrad.sharding import MAX_RANKS
 from tests.browser.test_browser import question_forms, results_of_a_run, settle
 from tests.reliability.procs import descendants
 
-# every browser test goes to one pytest-xdist worker (scripts/test.sh runs --dist loadgroup),
-# so the session's server and browser start once and two Chromiums never run side by side
-pytestmark = pytest.mark.xdist_group("browser")
-
 SESSIONS = 6
 LESSON = next(x for x in load_lessons() if x.slug == "damping")
 TRAIN_TIMEOUT_S = 600
