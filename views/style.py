@@ -15,6 +15,9 @@ CSS = """
 <style>
 /* wide display maths and Markdown tables scroll inside their own box */
 .katex-display { overflow-x: auto; overflow-y: hidden; max-width: 100%; padding: 0.1em 0; }
+/* KaTeX's MathML copy (for screen readers) is clipped but keeps its width, which made narrow pages
+   scroll sideways: keep it a 1-pixel box, as screen-reader-only text is */
+.katex .katex-mathml { width: 1px !important; height: 1px !important; overflow: hidden !important; }
 [data-testid="stMarkdownContainer"] table { display: block; max-width: 100%; overflow-x: auto; }
 [data-testid="stMarkdownContainer"] pre, [data-testid="stCode"] pre { max-width: 100%; overflow-x: auto; }
 [data-testid="stMarkdownContainer"] { overflow-wrap: anywhere; }
