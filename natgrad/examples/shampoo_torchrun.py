@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     if world_size > 1:  # under torchrun: this process is one rank
         try:
             print(format_report(train(rank, world_size, cfg)), flush=True)
+            # every rank reaches here before any tears the group down: a rank that left while
+            # another still used the store (rank 0 hosts it) could abort at exit
+            dist.barrier()
         finally:
             dist.destroy_process_group()
         return
