@@ -36,10 +36,7 @@ def test_page_renders_without_exception(server, page, path):
         page.get_by_role("heading", name="Sources").wait_for()
         assert lesson.title in page.locator("h1").first.inner_text()
         assert question_forms(page).count() == len(lesson.questions)
-        # Streamlit loads its KaTeX plugin on demand, the first time a page holds maths, and draws a
-        # skeleton for each Markdown element with maths until it has loaded (seconds on a busy machine)
-        page.wait_for_function(
-            "() => !document.querySelector('[data-testid=\"stMain\"] [data-testid=\"stSkeleton\"]')", timeout=30_000)
+        wait_for_maths(page)
         assert page.locator(".katex").count() > 0, "maths is typeset by KaTeX"
     if path == "":
         page.get_by_role("heading", name="Learning path").wait_for()
@@ -52,6 +49,27 @@ def question_forms(page):
     """The question forms of a lesson page, in order (lab forms left out)."""
     answer = page.get_by_role("button", name=re.compile(r"^(Check|Save) answer$"))
     return page.locator('[data-testid="stForm"]').filter(has=answer)
+
+
+def wait_for_maths(page) -> None:
+    """Streamlit loads its KaTeX plugin on demand, the first time a page holds maths, and draws a
+    skeleton for each Markdown element with maths until it has loaded (seconds on a busy machine)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stMain\"] [data-testid=\"stSkeleton\"]')", timeout=30_000)
+
+
+def shown_value(thumb) -> str | None:
+    """The value a slider shows (Streamlit's sliders are <input type="range"> whose value is the
+    option's index; the option itself is in aria-valuetext)."""
+    return thumb.get_attribute("aria-valuetext")
+
+
+def wait_for_results(page, metric: str, timeout_s: float) -> None:
+    """Wait until :func:`results_of_a_run` holds for ``metric``; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not results_of_a_run(page, metric) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert results_of_a_run(page, metric), f"no fresh result showing {metric!r} within {timeout_s:.0f} s"
 
 
 def results_of_a_run(page, metric: str = "ms/step") -> bool:
@@ -102,12 +120,9 @@ def test_sharding_lab_spawns_ranks_from_the_real_server(server, page):
     steps = form.get_by_role("slider").nth(1)
     steps.focus()
     steps.press("ArrowLeft")
-    assert steps.get_attribute("aria-valuetext") == "10"
+    assert shown_value(steps) == "10"
     form.get_by_role("button", name="Launch the ranks and train").click()
-    deadline = time.monotonic() + 120
-    while not results_of_a_run(page, "max |sharded − single process|") and time.monotonic() < deadline:
-        time.sleep(0.25)
-    assert results_of_a_run(page, "max |sharded − single process|"), "the ranks drew no result"
+    wait_for_results(page, "max |sharded − single process|", 120)
     settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert "lab stopped" not in page.content() and "The sharded run stopped" not in page.content()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from course.lessons import load_lessons
-from tests.browser.test_browser import settle
+from tests.browser.test_browser import settle, wait_for_maths
 
 WIDTH, HEIGHT = 390, 844
 LESSONS = load_lessons()
@@ -31,7 +31,7 @@ OVERFLOWING = """
     // inside an <svg> (a figure) only the svg's own box takes up room on the page
     if (el.parentElement && el.parentElement.closest('svg')) continue;
     if (r.width === 0 || r.height === 0 || r.right <= width + 1 || clipped(el)) continue;
-    out.push(`${el.tagName.toLowerCase()}.${el.className && el.className.baseVal === undefined ? el.className : ''}`
+    out.push(`${el.tagName.toLowerCase()}.${el.getAttribute('class') || ''}`
              + ` right=${Math.round(r.right)}: ${(el.innerText || '').slice(0, 60)}`);
   }
   return out;
@@ -54,8 +54,7 @@ def test_a_lesson_fits_a_phone_screen(server, phone, slug):
     phone.goto(f"{server['url']}/{slug}")
     settle(phone)
     phone.get_by_role("heading", name="Sources").wait_for()
-    phone.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stMain\"] [data-testid=\"stSkeleton\"]')", timeout=30_000)
+    wait_for_maths(phone)
     # neither the page nor its main area scrolls sideways ...
     assert phone.evaluate("document.documentElement.scrollWidth") <= WIDTH + 1
     main = phone.evaluate("(() => { const m = document.querySelector('[data-testid=\"stMain\"]');"

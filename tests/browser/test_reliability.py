@@ -25,7 +25,7 @@ import pytest
 from course.lessons import load_lessons
 from course.session import MAX_LEARNER_LEN
 from natgrad.sharding import MAX_RANKS
-from tests.browser.test_browser import question_forms, results_of_a_run, settle
+from tests.browser.test_browser import question_forms, results_of_a_run, settle, shown_value, wait_for_results
 from tests.reliability.procs import descendants
 
 SESSIONS = 6
@@ -76,12 +76,6 @@ def _move(thumb, notches: int) -> None:
         thumb.press("ArrowRight" if notches > 0 else "ArrowLeft")
 
 
-def _shown_value(thumb) -> str | None:
-    """The value a slider shows (Streamlit's sliders are <input type="range"> whose value is the
-    option's index; the option itself is in aria-valuetext)."""
-    return thumb.get_attribute("aria-valuetext")
-
-
 @pytest.mark.parametrize("same", [False, True], ids=["distinct settings", "identical settings"])
 def test_six_learners_train_at_once(server, browser, same):
     """Six learners press Train in the damping lab at the same moment: with six distinct
@@ -104,13 +98,13 @@ def test_six_learners_train_at_once(server, browser, same):
             steps = form.get_by_role("slider").nth(0)
             if not same:  # six runs: 200 -> 50 steps each; one shared run keeps its 200, long enough
                 _move(steps, -2)  # for the learners' pages to show it as shared while it trains
-            assert _shown_value(steps) == ("200" if same else "50")
+            assert shown_value(steps) == ("200" if same else "50")
             # "K-FAC initial damping λ": distinct 0, +1, -1, +2, ... notches; identical: all -3 (a run no
             # distinct learner makes, so that nothing is cached from the other case)
             offset = -3 if same else (i + 1) // 2 * (1 if i % 2 else -1)
             thumb = form.get_by_role("slider").nth(1)
             _move(thumb, offset)
-            dampings.append(_shown_value(thumb))
+            dampings.append(shown_value(thumb))
         assert None not in dampings, dampings
         assert len(set(dampings)) == (1 if same else SESSIONS), dampings
         started = {}
@@ -202,23 +196,23 @@ def test_pressing_the_sharding_lab_again_and_again_never_piles_up_ranks(server, 
             settle(page)
         form = _lab_form(a, launch)
         form.scroll_into_view_if_needed()
-        assert _shown_value(form.get_by_role("slider").nth(0)) == str(ranks)
+        assert shown_value(form.get_by_role("slider").nth(0)) == str(ranks)
         steps = form.get_by_role("slider").nth(1)
         _move(steps, 1)  # 20 -> 50: the opening settings' result is shipped and would launch nothing
-        assert _shown_value(steps) == "50"
+        assert shown_value(steps) == "50"
         block = form.get_by_role("slider").nth(2)
         # the second learner: 10 steps in blocks of 256, settings nobody asks for (a cached result would
         # launch nothing; test_browser's sharding test runs 10 steps in blocks of 64)
         form_b = _lab_form(b, launch)
         _move(form_b.get_by_role("slider").nth(1), -1)
         _move(form_b.get_by_role("slider").nth(2), 2)
-        assert [_shown_value(form_b.get_by_role("slider").nth(i)) for i in (1, 2)] == ["10", "256"]
+        assert [shown_value(form_b.get_by_role("slider").nth(i)) for i in (1, 2)] == ["10", "256"]
         sampler.start()
         before = set(descendants(server["pid"]))
         launched, blocks = [], []
         for notches in (0, -1, -1, 3):  # block size 64, 32, 16, 128: four runs nobody has made yet
             _move(block, notches)
-            blocks.append(_shown_value(block))
+            blocks.append(shown_value(block))
             started = time.monotonic()
             form.get_by_role("button", name=launch).click()
             # this press's own ranks (after the run before has ended); press again while they run
@@ -228,10 +222,7 @@ def test_pressing_the_sharding_lab_again_and_again_never_piles_up_ranks(server, 
         assert len(set(blocks)) == 4, blocks
         _lab_form(b, launch).get_by_role("button", name=launch).click()  # meanwhile, a second learner
         b.get_by_text("Please wait: another sharded run is using this server's processes").wait_for()
-        deadline = time.monotonic() + 300
-        while not results_of_a_run(a, "max |sharded − single process|") and time.monotonic() < deadline:
-            time.sleep(0.25)
-        assert results_of_a_run(a, "max |sharded − single process|"), "the last run drew no result"
+        wait_for_results(a, "max |sharded − single process|", 300)
         settle(a)
         _clean(a)
         _clean(b)
