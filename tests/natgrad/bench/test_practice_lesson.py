@@ -48,6 +48,8 @@ def test_the_kfac_lesson_quotes_the_three_tasks():
     lesson = (ROOT / "lessons" / "02-kfac" / "lesson.md").read_text()
     r = _load("kfac")
     ae, mlp, cnn = (r["tasks"][t] for t in ("digits-autoencoder", "digits-classifier", "digits-cnn"))
+    (grid,) = {len(t["protocol"]["adam_lrs"]) for t in (ae, mlp, cnn)}
+    assert f"against Adam tuned over {grid} learning rates" in lesson
     for task, what in ((ae, "on the digits autoencoder"), (mlp, "on an MLP classifier")):
         h = task["targets"][-1]
         assert f"{h['step_ratio']:.1f}x fewer steps and {h['time_ratio']:.1f}x less time {what}" in lesson
