@@ -256,8 +256,9 @@ def shampoo_blocks(m: int, n: int, block_size: int | None = None) -> int:
     return len(_split(m, block_size)) * len(_split(n, block_size))
 
 
-# Cholesky factorisation d^3/3 plus the inverse from it (cholesky_inverse) about 2d^3/3
-CHOLESKY_INVERSE_FLOPS = 1.0
+# Cholesky factorisation: d^3/3 (K-FAC keeps the factor and applies it by two triangular solves,
+# 2 d^2 flops per right-hand side, as many as a product with an explicit inverse)
+CHOLESKY_FLOPS = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ def kfac_layer_costs(model: torch.nn.Module, example_input: torch.Tensor, *, dty
     ``schedule`` may set ``factor_update_steps``, ``inverse_update_steps``, ``wide_factor_dim``
     and ``wide_update_steps``; the rest come from K-FAC's defaults. A factor of dimension ``d``
     built from ``r`` rows costs ``2 r d^2`` FLOPs (``X^T X``), its eigendecomposition
-    ``EIGH_FLOPS d^3`` and a wide factor's Cholesky inverse ``CHOLESKY_INVERSE_FLOPS d^3``;
+    ``EIGH_FLOPS d^3`` and a wide factor's Cholesky factorisation ``CHOLESKY_FLOPS d^3``;
     preconditioning an ``(m, n)`` gradient costs ``2 (m^2 n + m n^2)``
     (Martens & Grosse 2015, s. 4; :mod:`natgrad.optim.kfac.linalg`).
     """
@@ -329,7 +330,7 @@ def kfac_layer_costs(model: torch.nn.Module, example_input: torch.Tensor, *, dty
         wide = [d > s["wide_factor_dim"] for d in dims]
         methods = tuple("cholesky" if w else "eigh" for w in wide)
         stats = tuple(2.0 * r * float(d) ** 2 for d in dims)
-        invert = tuple((CHOLESKY_INVERSE_FLOPS if w else EIGH_FLOPS) * float(d) ** 3 for d, w in zip(dims, wide,
+        invert = tuple((CHOLESKY_FLOPS if w else EIGH_FLOPS) * float(d) ** 3 for d, w in zip(dims, wide,
                                                                                                   strict=True))
         m, n = ly.out_dim, ly.in_dim
         apply = 2.0 * (float(m) ** 2 * n + m * float(n) ** 2)

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from natgrad.optim.kfac.linalg import CholeskyInverse
+from natgrad.optim.kfac.linalg import CholeskyFactor
 
 if TYPE_CHECKING:
     from natgrad.optim.kfac.optimizer import KFAC
 
-VERSION = 3
+VERSION = 4
 LAST = ("loss", "rho", "alpha", "mu", "nu", "kl", "step_norm", "rejected", "bound")
 
 
@@ -32,14 +32,14 @@ def _c(x: torch.Tensor, **to) -> torch.Tensor:
 
 
 def _rep_out(rep) -> dict:
-    if isinstance(rep, CholeskyInverse):
-        return {"inverse": _c(rep.inverse), "shift": rep.shift, "mean": _c(rep.mean)}
+    if isinstance(rep, CholeskyFactor):
+        return {"upper": _c(rep.upper), "shift": rep.shift, "mean": _c(rep.mean)}
     return {"evals": _c(rep[0]), "evecs": _c(rep[1])}
 
 
 def _rep_in(d: dict, **to):
-    if "inverse" in d:
-        return CholeskyInverse(_c(d["inverse"], **to), float(d["shift"]), _c(d["mean"], **to))
+    if "upper" in d:
+        return CholeskyFactor(_c(d["upper"], **to), float(d["shift"]), _c(d["mean"], **to))
     return (_c(d["evals"], **to), _c(d["evecs"], **to))
 
 

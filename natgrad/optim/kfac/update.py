@@ -18,11 +18,11 @@ import torch
 from natgrad.curvature.likelihoods import output_grads, output_hessian_sqrt, sample_targets
 from natgrad.optim.kfac.capture import Record, forward_with_calls, preserved_buffers
 from natgrad.optim.kfac.linalg import (
-    CholeskyInverse,
+    CholeskyFactor,
     diagonal_fallback,
     factor_shifts,
     precondition,
-    robust_cholesky_inverse,
+    robust_cholesky,
 )
 from natgrad.optim.kfac.quadratic import ggn_inner, graph_jvps, sequential_jvps, sequential_supported
 from natgrad.optim.kfac.safeguard import ModelTerms, StepChoice, choose_step
@@ -178,12 +178,12 @@ class UpdateMixin:
                 if wide:
                     means = [torch.diagonal(X).mean() for X in mats]
                     shift = factor_shifts(means[0], means[1], lam)[i]
-                    inv, message = robust_cholesky_inverse(M, shift)
+                    U, message = robust_cholesky(M, shift)
                     if message:
-                        self._record(t, "cholesky_fp64_retry" if inv is not None else "cholesky_failed", where,
-                                     message if inv is not None else f"{message}; kept the previous inverse")
-                    if inv is not None:
-                        reps[i] = CholeskyInverse(inv, shift, means[i])
+                        self._record(t, "cholesky_fp64_retry" if U is not None else "cholesky_failed", where,
+                                     message if U is not None else f"{message}; kept the previous factor")
+                    if U is not None:
+                        reps[i] = CholeskyFactor(U, shift, means[i])
                     elif reps[i] is None:
                         reps[i] = diagonal_fallback(M)
                     continue

@@ -130,17 +130,20 @@ def test_damping_to_zero_gives_pseudo_inverse_natural_gradient(lik):
     torch.testing.assert_close(_flat(model) - theta0, expected, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("wide_factor_dim", [1024, 0], ids=["eigenbases", "cholesky-factors"])
 @pytest.mark.parametrize("lik", ["gaussian", "softmax"])
-def test_pi_damping_matches_explicit_kronecker_solve(lik):
+def test_pi_damping_matches_explicit_kronecker_solve(lik, wide_factor_dim):
     """A batch of 6: the step is -[(A + pi sqrt(lam) I) (x) (G + sqrt(lam)/pi I)]^{-1} g per layer, with
-    A, G from natgrad.curvature.kfac_factors (type-2) and pi from their traces; dense solve."""
+    A, G from natgrad.curvature.kfac_factors (type-2) and pi from their traces; dense solve. The same
+    with every factor treated as wide (kept as a Cholesky factor, applied by triangular solves)."""
     model = _mlp((4, 5, 3))
     X, y = _data(6, 4, 3, lik)
     lam = 0.3
     factors = kfac_factors(model, X, y, likelihood=lik, kind="type-2")
     grad = _grad(model, X, y, lik)
     theta0 = _flat(model)
-    KFAC(model, likelihood=lik, damping=lam, factor_decay=0.0, fisher_type="exact", pi_damping=True).step(X, y)
+    KFAC(model, likelihood=lik, damping=lam, factor_decay=0.0, fisher_type="exact", pi_damping=True,
+         wide_factor_dim=wide_factor_dim).step(X, y)
     step = _flat(model) - theta0
     for name, sl in layer_slices(model).items():
         A, G = factors[name]
@@ -629,12 +632,20 @@ def _captured_calls(model, X):
     return layers, calls, mods, out
 
 
+def _small_cnn(act):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), act(), nn.Conv2d(3, 4, 3, stride=2), act(), nn.Flatten(),
+                         nn.Linear(4 * 2 * 2, 3)).to(DT)
+
+
 @pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU, nn.Sigmoid])
-def test_fast_and_graph_jvps_equal_torch_func_jvp(act):
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_fast_and_graph_jvps_equal_torch_func_jvp(act, net):
     from natgrad.optim.kfac.quadratic import graph_jvps, sequential_jvps
 
-    model = _mlp((4, 6, 5, 3), act=act)
-    X, _ = _data(9, 4, 3, "gaussian")
+    model = _mlp((4, 6, 5, 3), act=act) if net == "mlp" else _small_cnn(act)
+    X = _data(9, 4, 3, "gaussian")[0] if net == "mlp" else torch.randn(9, 2, 6, 6, dtype=DT,
+                                                                        generator=torch.Generator().manual_seed(1))
     layers, calls, mods, out = _captured_calls(model, X)
     g = torch.Generator().manual_seed(3)
     mats = [[torch.randn(ly.out_dim, ly.in_dim, dtype=DT, generator=g) for ly in layers] for _ in range(2)]
