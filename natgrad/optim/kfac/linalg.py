@@ -58,7 +58,7 @@ Eigen = tuple[torch.Tensor, torch.Tensor]  # (eigenvalues ascending, clamped at 
 
 
 class CholeskyFactor(NamedTuple):
-    """A wide factor ``M`` as ``upper``, the upper-triangular :math:`U` with
+    r"""A wide factor ``M`` as ``upper``, the upper-triangular :math:`U` with
     :math:`U^\top U = M + \text{shift}\, I`; ``mean`` is :math:`\operatorname{tr}(M)/\dim M` (for :math:`\pi`)."""
 
     upper: torch.Tensor
@@ -96,7 +96,7 @@ def factor_shifts(mean_A: torch.Tensor, mean_G: torch.Tensor, damping: float) ->
 
 
 def robust_cholesky(M: torch.Tensor, shift: float) -> tuple[torch.Tensor | None, str]:
-    """The upper Cholesky factor :math:`U` of :math:`M + \text{shift}\,I` (:math:`U^\top U`): in
+    r"""The upper Cholesky factor :math:`U` of :math:`M + \text{shift}\,I` (:math:`U^\top U`): in
     ``M.dtype``, then in float64; ``(None, why)`` if both fail."""
     why = ""
     for dtype in dict.fromkeys((M.dtype, torch.float64)):
@@ -110,7 +110,7 @@ def robust_cholesky(M: torch.Tensor, shift: float) -> tuple[torch.Tensor | None,
 
 
 def _solve(rep: CholeskyFactor, V: torch.Tensor) -> torch.Tensor:
-    """:math:`(M + \text{shift}\,I)^{-1} V = U^{-1}(U^{-\top} V)`: two triangular solves."""
+    r""":math:`(M + \text{shift}\,I)^{-1} V = U^{-1}(U^{-\top} V)`: two triangular solves."""
     U = rep.upper
     return torch.linalg.solve_triangular(U, torch.linalg.solve_triangular(U.T, V, upper=False), upper=True)
 
