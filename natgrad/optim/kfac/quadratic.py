@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
+from natgrad.optim.kfac.layers import linear_map
+
 
 def output_jvps(
     model: nn.Module, X: torch.Tensor | tuple, tangents: list[dict[str, torch.Tensor]],
@@ -190,7 +192,7 @@ def _weight_map(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's map without its bias (the change of its output for a change of its input)."""
     if isinstance(m, nn.Conv2d):
         return m._conv_forward(x, m.weight.detach(), None)
-    return x @ m.weight.detach().T
+    return linear_map(x, m.weight.detach())
 
 
 def ggn_inner(u: torch.Tensor, v: torch.Tensor, out: torch.Tensor, likelihood: str) -> torch.Tensor:
