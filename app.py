@@ -6,6 +6,13 @@ each gets a page in its section of the navigation.
 
 from __future__ import annotations
 
+import importlib
+import threading
+
+# pandas: Streamlit imports it on the first st.dataframe, 0.4 s on the first lab page that shows a table.
+# Imported here, in the script's own thread, on the server's first run: imported in a background thread
+# instead, it would be half-initialised in sys.modules while Streamlit checks objects against it.
+import pandas  # noqa: F401
 import streamlit as st
 
 from course import widgets
@@ -14,6 +21,7 @@ from course.markup import escape_markdown
 from course.progress import default_path
 from course.summary import lesson_progress, overall
 from views import home, lesson, notation, progress, style
+from views.labs.common import shipped_file
 
 st.set_page_config(page_title="Natural Gradient in Deep Learning", page_icon=":material/school:", layout="wide")
 style.inject()  # phone width: equations and tables scroll in their own box, labels wrap
@@ -24,6 +32,29 @@ def device_label() -> str:
     from natgrad.devices import describe
 
     return describe().label
+
+
+# sympy, through torch's symbolic shapes (the first torch.broadcast_shapes, in geoopt: 0.3 s), is
+# imported in the background once per server, with the labs' shipped opening results (0.4 s): nothing
+# looks either up before importing it, so a page that needs one first waits for the import to finish.
+WARM_UP_MODULES = ("torch.fx.experimental.symbolic_shapes",)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Start importing :data:`WARM_UP_MODULES` and reading the shipped lab results in a background
+    thread (once per server), so that the first lab page a learner opens does not wait for them."""
+    def work() -> None:
+        for name in WARM_UP_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a page that needs it will import it and report the problem
+                pass
+        shipped_file()
+
+    thread = threading.Thread(target=work, name="natgrad-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def lesson_page(item: Lesson, pages: dict[str, st.Page]) -> st.Page:
@@ -82,6 +113,7 @@ def main() -> None:
         if members:
             sections[section] = members
     nav = st.navigation(sections)
+    warm_up()
     sidebar(lessons)
     nav.run()
 

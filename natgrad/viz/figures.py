@@ -105,8 +105,11 @@ def _layer_ticks(size: int, boundaries: Sequence[int], layer_names: Sequence[str
 
 
 def _heatmap(m: np.ndarray, scale: float, zmax: float, showscale: bool, name: str) -> go.Heatmap:
-    z = np.sign(m) * np.log10(1 + np.abs(m) / scale)
-    return go.Heatmap(z=z, customdata=m, zmin=-zmax, zmax=zmax, colorscale="RdBu_r", showscale=showscale,
+    # float32 (7 digits) for the colours and the hover values, which show 3: half the bytes the browser
+    # receives (numpy arrays travel as typed arrays), 4.5 -> 2.3 MB for a 444-parameter Fisher
+    z = (np.sign(m) * np.log10(1 + np.abs(m) / scale)).astype(np.float32)
+    return go.Heatmap(z=z, customdata=np.asarray(m, dtype=np.float32), zmin=-zmax, zmax=zmax, colorscale="RdBu_r",
+                      showscale=showscale,
                       colorbar=_colorbar(scale, zmax), name=name,
                       hovertemplate="row %{y}, column %{x}: %{customdata:.3g}<extra></extra>")
 

@@ -183,23 +183,28 @@ def stiefel_figure(runs: Mapping[str, tuple[Sequence[int], Sequence[float], Sequ
 # ------------------------------------------------------------------------------------------ Poincare disk
 def _edge_paths(x: np.ndarray, edges: Sequence[tuple[int, int]], inside: np.ndarray, points: int = 25):
     """Polyline coordinates of the geodesic arcs (geoopt's ``PoincareBall.geodesic``) between edge ends inside the
-    disk; straight dashed segments where an end is outside (no geodesic there)."""
+    disk; straight dashed segments where an end is outside (no geodesic there). Each is ``(xs, ys)``, float
+    arrays with a NaN after every arc or segment (a gap in a plotly line): numpy arrays go to the browser as
+    typed arrays, where lists of numbers would be checked one by one (3 s for the lab's 90 animation frames)."""
     ball = geoopt.PoincareBall().to(dtype=torch.float64)
     t = torch.linspace(0, 1, points, dtype=torch.float64)[None, :, None]
-    arcs, broken = ([], []), ([], [])
+
+    def polylines(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (k, m, 2) -> NaN-separated xs, ys
+        if not len(pieces):
+            return np.zeros(0), np.zeros(0)
+        flat = np.concatenate([pieces, np.full((len(pieces), 1, 2), np.nan)], axis=1).reshape(-1, 2)
+        flat = flat.astype(np.float32)  # 4 decimals drawn: float32 halves what the browser receives
+        return flat[:, 0], flat[:, 1]
+
     ok = [(a, b) for a, b in edges if inside[a] and inside[b]]
+    path = np.zeros((0, points, 2))
     if ok:
         xt = torch.tensor(x, dtype=torch.float64)
         a, b = zip(*ok, strict=True)
         path = np.round(ball.geodesic(t, xt[list(a)][:, None, :], xt[list(b)][:, None, :]).numpy(), 4)  # (E, points, 2)
-        for seg in path:
-            arcs[0].extend(list(seg[:, 0]) + [None])
-            arcs[1].extend(list(seg[:, 1]) + [None])
-    for a, b in edges:
-        if not (inside[a] and inside[b]):
-            broken[0].extend([x[a, 0], x[b, 0], None])
-            broken[1].extend([x[a, 1], x[b, 1], None])
-    return arcs, broken
+    bad = [(a, b) for a, b in edges if not (inside[a] and inside[b])]
+    straight = np.array([[x[a], x[b]] for a, b in bad], dtype=float).reshape(-1, 2, 2)
+    return polylines(path), polylines(straight)
 
 
 def _disk_traces(x: np.ndarray, names: Sequence[str], depth: Sequence[int], edges: Sequence[tuple[int, int]]):

@@ -143,7 +143,8 @@ def test_riemannian_labs_draw_in_the_real_browser(server, page):
     page.get_by_text("out of the disk", exact=False).first.wait_for(state="attached", timeout=180_000)
     settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0 and "lab stopped" not in page.content()
-    page.get_by_role("tab", name="Adam (plain)").click()  # the run that leaves the disk
+    # the disk of the run that leaves it
+    page.locator('[data-testid="stRadio"] label').filter(has_text="Adam (plain)").first.click()
     page.get_by_text("out of the disk", exact=False).first.scroll_into_view_if_needed()
     disk = page.locator('[data-testid="stPlotlyChart"]:visible').filter(has=page.locator(".slider-container"))
     disk.first.wait_for(timeout=30_000)  # the Poincare disk, animated with a slider

@@ -13,7 +13,7 @@ from natgrad.experiments import Spec, Trajectory
 from natgrad.presets import MANIFOLD_PRESETS
 from natgrad.tasks.poincare import make_tree_option, mean_rank
 from natgrad.viz import disk_frames, loss_figure, poincare_figure, recorded_points, ternary_figure
-from views.labs.common import BENCH_DIR, bench_results, device, report_status, run_all, settings_form
+from views.labs.common import BENCH_DIR, bench_results, cached, device, report_status, run_all, settings_form
 from views.labs.figures import chart, with_previous
 from views.labs.riemannian import LR_CHOICES
 
@@ -209,22 +209,28 @@ def hyperbolic_embedding(lab: Lab) -> None:
                                  dtype="float64", device=device())
     trajs = run_all(specs)
     depth = [tree.depth(i) for i in range(tree.size)]
-    rows = []
-    for tab, (label, t) in zip(st.tabs(list(trajs)), trajs.items(), strict=True):
-        frames = disk_frames(t.step, t.extras, tree.size)
-        with tab:
-            story = _left_the_disk(t, tree.names)
-            if story:
-                st.error(story, icon=":material/error:")
-            else:
-                report_status(label, t)
-            if frames:
-                chart(poincare_figure(frames, tree.names, depth, tree.edges()), f"pe-disk-{DISK_KEYS[label]}")
+    rows, all_frames = [], {}
+    for label, t in trajs.items():  # how each run ended, above the one disk drawn
+        story = _left_the_disk(t, tree.names)
+        if story:
+            st.error(f"**{label}**: {story}", icon=":material/error:")
+        else:
+            report_status(label, t)
+        frames = all_frames[label] = disk_frames(t.step, t.extras, tree.size)
         last = frames[-1][1] if frames else None
         rows.append({"run": label, "steps run": len(t.step), "final loss": f"{t.final_loss:.4g}",
                      "mean rank (1 is perfect)": "undefined" if last is None or (np.linalg.norm(last, axis=1) >= 1).any()
                      else f"{mean_rank(tree, last):.2f}",
                      "largest norm": "n/a" if last is None else f"{np.linalg.norm(last, axis=1).max():.6f}"})
+    # one animated disk at a time: each carries about 30 frames, and three of them made the page take
+    # a second longer to draw in the browser
+    label = st.radio("Disk of", list(trajs), key="pe-disk", bind="query-params", horizontal=True,
+                     help="Which run's layout to draw in the Poincaré disk, animated over its steps.")
+    frames = all_frames[label]
+    if frames:  # an animated figure takes about 0.3 s to build: once per run, for every session
+        fig = cached(("poincare-figure", specs[label], len(trajs[label].step)),
+                     lambda: poincare_figure(frames, tree.names, depth, tree.edges()), instant=True)
+        chart(fig, f"pe-disk-{DISK_KEYS[label]}")
     shown = with_previous("pe", trajs, {"tree": s["tree"], "steps": s["steps"],
                                         "Riemannian Adam learning rate": s["radam_lr"],
                                         "Adam learning rate": s["adam_lr"]}

@@ -19,6 +19,25 @@ def test_digits_shapes_ranges_and_labels():
     assert counts.min().item() >= 170  # sklearn's digits: 174..183 per class
 
 
+@pytest.mark.parametrize("through", ["file", "sklearn"])
+def test_digits_are_sklearns_load_digits(through, monkeypatch):
+    """The file read without importing scikit-learn, and the fallback through it, give exactly
+    sklearn.datasets.load_digits() (pixels / 16, labels)."""
+    from sklearn.datasets import load_digits
+
+    from natgrad.tasks import digits
+
+    digits._digits_numpy.cache_clear()
+    if through == "sklearn":
+        monkeypatch.setattr(digits, "_digits_file", lambda: None)
+    try:
+        X, y = digits._digits_numpy()
+        ref = load_digits()
+        assert (X == ref.data / 16.0).all() and (y == ref.target).all() and y.dtype.name == "int64"
+    finally:
+        digits._digits_numpy.cache_clear()
+
+
 def test_digits_dtype_device_and_repeatable():
     X64, y64 = load_digits_tensors(dtype=torch.float64, device="cpu")
     X32, y32 = load_digits_tensors()
