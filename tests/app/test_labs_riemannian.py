@@ -33,6 +33,10 @@ def _chart(at, key):
     return json.loads(charts[0].proto.spec)
 
 
+def _chart_keys(at) -> list[str]:
+    return [c.proto.id for c in at.get("plotly_chart")]
+
+
 def _values(v) -> list:
     """A plotly data array from its JSON: a list, or a typed array {"dtype", "bdata"} (base64)."""
     if isinstance(v, dict) and "bdata" in v:
@@ -61,6 +65,11 @@ def test_lesson_has_every_lab_and_the_adam_question_points_to_the_embedding_lab(
 def test_retraction_lab_sphere_and_simplex():
     at = open_page(start(), "riemannian")
     assert not at.exception and not _lab_errors(at)
+    # the simplex tab opens first and only the open tab is drawn (the sphere is a WebGL figure)
+    assert "exponential map" not in {m.label for m in at.metric} and not any(k.endswith("-rx-sphere") for k in _chart_keys(at))
+    at.session_state["rx-tab"] = "unit sphere (= Stiefel St(3, 1))"
+    at = at.run()
+    assert not at.exception and not _lab_errors(at)
     metrics = {m.label: m.value for m in at.metric}
     # defaults: tilt 20 degrees, |d| = 1.5: the tangent part has length 1.5 cos(20 deg)
     n = 1.5 * math.cos(math.radians(20))
@@ -76,6 +85,8 @@ def test_retraction_lab_sphere_and_simplex():
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["exponential map"].split()[0]) == pytest.approx(3.0, abs=1e-3)
     assert float(metrics["projection (x+v)/|x+v|"].split()[0]) == pytest.approx(math.atan(3.0), abs=1e-3)
+    at.session_state["rx-tab"] = "probability simplex (Fisher-Rao)"
+    at = at.run()
     body = texts(at)
     assert "Fisher-Rao length" in body and "stays inside for the whole step" in body
     at.slider(key="rs-angle").set_value(250)

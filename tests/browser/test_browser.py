@@ -136,6 +136,8 @@ def test_riemannian_labs_draw_in_the_real_browser(server, page):
     settle(page)
     page.get_by_role("heading", name="Sources").wait_for()
     page.get_by_text("Lab: Retraction vs exponential map").first.scroll_into_view_if_needed()
+    assert page.locator('[data-testid="stPlotlyChart"] .gl-container').count() == 0  # drawn when its tab opens
+    page.get_by_role("tab", name="unit sphere (= Stiefel St(3, 1))").click()
     page.locator('[data-testid="stPlotlyChart"] .gl-container').first.wait_for(state="attached", timeout=30_000)  # WebGL
     form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_text("Riemannian Adam learning rate"))
     form.scroll_into_view_if_needed()

@@ -96,17 +96,24 @@ def _simplex_tab() -> None:
     )
 
 
+SIMPLEX_TAB, SPHERE_TAB = "probability simplex (Fisher-Rao)", "unit sphere (= Stiefel St(3, 1))"
+
+
 def retractions(lab: Lab) -> None:
     st.markdown(
         "Set a point and a step. The grey segment is the Euclidean step, which leaves the manifold; the black "
         "dashed one its projection onto the tangent space; the markers show where the exponential map and the "
         "retractions send that tangent vector. Drag the length up to see them part."
     )
-    sphere, simplex = st.tabs(["unit sphere (= Stiefel St(3, 1))", "probability simplex (Fisher-Rao)"])
-    with sphere:
-        _sphere_tab()
-    with simplex:
-        _simplex_tab()
+    # only the open tab is drawn (a rerun of this lab when the learner switches): the sphere is a WebGL
+    # figure, which took 0.8 s of the page's drawing in Chromium without a GPU
+    simplex, sphere = st.tabs([SIMPLEX_TAB, SPHERE_TAB], key="rx-tab", on_change="rerun", bind="query-params")
+    if sphere.open:
+        with sphere:
+            _sphere_tab()
+    if simplex.open:
+        with simplex:
+            _simplex_tab()
 
 
 # ------------------------------------------------------------------ Stiefel in practice
