@@ -73,6 +73,11 @@ def test_adam_fisher_lab_trains_adam_on_the_batches_it_says():
     points = sum(len(_array(t["x"])) for t in spec["data"] if t.get("mode") == "markers")
     assert points == 2 * 2410  # every parameter, in both panels
     assert "log-log correlation" in spec["layout"]["annotations"][0]["text"]
+    # the output layer's Fisher is drawn in its own tab, only when that tab is open
+    assert not [c for c in at.get("plotly_chart") if c.proto.id.endswith("-af-layer")]
+    at.session_state["af-view"] = "the output layer's full Fisher"
+    at = at.run()
+    assert not _lab_errors(at)
     layer = _chart(at, "af-layer")
     assert _array(layer["data"][0]["z"]).shape == (330, 330)  # the output layer: 10 x 32 weights + 10 biases
 

@@ -31,6 +31,9 @@ def _snapshot(s: dict):
     return cached(("adam-fisher", s["step"], batch, s["lr"]), compute, label="Adam and the two Fisher diagonals")
 
 
+SCATTER_TAB, BLOCK_TAB = "v̂ against the Fisher diagonals", "the output layer's full Fisher"
+
+
 def _fisher_part() -> None:
     def draw() -> dict:
         c1, c2, c3 = st.columns(3)
@@ -47,6 +50,18 @@ def _fisher_part() -> None:
     if s is None:
         return
     snap = _snapshot(s)
+    # two views of the same weights, drawn only when open (switching reruns this lab alone): the two
+    # 330 x 330 heatmaps took about half a second of the page's drawing in the browser
+    scatter_tab, block_tab = st.tabs([SCATTER_TAB, BLOCK_TAB], key="af-view", on_change="rerun", bind="query-params")
+    if scatter_tab.open:
+        with scatter_tab:
+            _scatter_view(snap)
+    if block_tab.open:
+        with block_tab:
+            _block_view(snap)
+
+
+def _scatter_view(snap) -> None:
     bounds = [0, *snap.boundaries, len(snap.v)]
     groups = [f"layer {i + 1}" for i in range(len(bounds) - 1) for _ in range(bounds[i + 1] - bounds[i])]
     c = snap.correlations
@@ -72,6 +87,9 @@ def _fisher_part() -> None:
         "expectation over labels drawn from the model. Dashed: y = x. Dotted: y = x/B, where squared batch means "
         "of pure noise would sit. Correlations are of the logarithms."
     )
+
+
+def _block_view(snap) -> None:
     F = snap.layer_fisher
     diag = np.diag(np.diag(F))
     off = float(np.linalg.norm(F - diag) / np.linalg.norm(F))
