@@ -3,6 +3,7 @@
     python scripts/app_timing.py                  # every page, every lab form
     python scripts/app_timing.py --pages kfac damping
     python scripts/app_timing.py --fresh          # without the shipped opening results: real training
+    python scripts/app_timing.py --no-labs --repeat 3   # pages only, each visited 3 times (median too)
 
 Starts ``streamlit run app.py`` headless on 127.0.0.1 (a free port) and drives
 Debian's Chromium (``/usr/bin/chromium``) with the playwright package. A page
@@ -21,6 +22,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pages", nargs="*", help="lesson slugs (default: every lesson)")
     parser.add_argument("--fresh", action="store_true", help="without the shipped opening results")
     parser.add_argument("--no-labs", action="store_true", help="page times only")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="visit every page this many times (after its labs) and report the median too")
     args = parser.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     slugs = args.pages or [x.slug for x in load_lessons()]
     proc, url = start_server(args.fresh)
     pages, labs = [], []
+    visits: dict[str, list[float]] = {}  # page -> settle time of each visit
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -182,19 +187,22 @@ def main(argv: list[str] | None = None) -> int:
             for path in ["home", "progress", *slugs]:
                 pages.append((path, open_page(page, f"{url}/{path}")))
                 print(f"page {path}: settled in {pages[-1][1]:.2f} s", flush=True)
-                if args.no_labs or path in ("home", "progress"):
-                    continue
-                for name, button in lab_forms(page):
-                    first_run = press(page, button)
-                    rerun = press(page, button)
-                    labs.append((f"{path}: {name}", first_run, rerun))
-                    print(f"  lab {name}: first run {first_run:.2f} s, rerun {rerun:.2f} s", flush=True)
+                if not args.no_labs and path not in ("home", "progress"):
+                    for name, button in lab_forms(page):
+                        first_run = press(page, button)
+                        rerun = press(page, button)
+                        labs.append((f"{path}: {name}", first_run, rerun))
+                        print(f"  lab {name}: first run {first_run:.2f} s, rerun {rerun:.2f} s", flush=True)
+                visits[path] = [pages[-1][1]] + [open_page(page, f"{url}/{path}") for _ in range(args.repeat - 1)]
             browser.close()
     finally:
         stop_server(proc)
-    print(f"\n{'page':<48} settled (s)")
+    many = args.repeat > 1
+    print(f"\n{'page':<48} settled (s)" + (f"  median of {args.repeat} visits  (each)" if many else ""))
     for name, secs in pages:
-        print(f"{name:<48} {secs:8.2f}")
+        seen = visits.get(name) if name in visits and not name.startswith("home (") else None
+        extra = f"  {statistics.median(seen):8.2f}  ({', '.join(f'{v:.2f}' for v in seen)})" if many and seen else ""
+        print(f"{name:<48} {secs:8.2f}{extra}")
     if labs:
         what = "first run (training)" if args.fresh else "first run (opening settings)"
         print(f"\n{'lab form':<72} {what:>28} {'cached rerun':>13}")
