@@ -37,19 +37,15 @@ def device_label() -> str:
 # sympy, through torch's symbolic shapes (the first torch.broadcast_shapes, in geoopt: 0.3 s), is
 # imported in the background once per server, with the labs' shipped opening results (0.4 s): nothing
 # looks either up before importing it, so a page that needs one first waits for the import to finish.
-WARM_UP_MODULES = ("torch.fx.experimental.symbolic_shapes",)
-
-
 @st.cache_resource(show_spinner=False)
 def warm_up() -> threading.Thread:
-    """Start importing :data:`WARM_UP_MODULES` and reading the shipped lab results in a background
+    """Start importing sympy (through torch) and reading the shipped lab results in a background
     thread (once per server), so that the first lab page a learner opens does not wait for them."""
     def work() -> None:
-        for name in WARM_UP_MODULES:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - a page that needs it will import it and report the problem
-                pass
+        try:
+            importlib.import_module("torch.fx.experimental.symbolic_shapes")
+        except Exception:  # noqa: BLE001 - a page that needs it will import it and report the problem
+            pass
         shipped_file()
 
     thread = threading.Thread(target=work, name="natgrad-warm-up", daemon=True)

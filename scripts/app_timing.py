@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     many = args.repeat > 1
     print(f"\n{'page':<48} settled (s)" + (f"  median of {args.repeat} visits  (each)" if many else ""))
     for name, secs in pages:
-        seen = visits.get(name) if name in visits and not name.startswith("home (") else None
+        seen = visits.get(name)  # None for the server's first page
         extra = f"  {statistics.median(seen):8.2f}  ({', '.join(f'{v:.2f}' for v in seen)})" if many and seen else ""
         print(f"{name:<48} {secs:8.2f}{extra}")
     if labs:

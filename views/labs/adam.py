@@ -10,7 +10,7 @@ from course.lessons import Lab
 from natgrad.labs.adam_fisher import adam_fisher_snapshot
 from natgrad.tasks.toy2d import linear_regression_fisher, power_path, quadratic_loss
 from natgrad.viz import contour_paths_figure, diagonal_scatter_figure, fisher_panels
-from views.labs.common import cached, settings_form
+from views.labs.common import cached, lazy_tabs, settings_form
 from views.labs.figures import chart
 
 STEPS = [0, 10, 50, 200, 800]
@@ -52,13 +52,7 @@ def _fisher_part() -> None:
     snap = _snapshot(s)
     # two views of the same weights, drawn only when open (switching reruns this lab alone): the two
     # 330 x 330 heatmaps took about half a second of the page's drawing in the browser
-    scatter_tab, block_tab = st.tabs([SCATTER_TAB, BLOCK_TAB], key="af-view", on_change="rerun", bind="query-params")
-    if scatter_tab.open:
-        with scatter_tab:
-            _scatter_view(snap)
-    if block_tab.open:
-        with block_tab:
-            _block_view(snap)
+    lazy_tabs("af-view", {SCATTER_TAB: lambda: _scatter_view(snap), BLOCK_TAB: lambda: _block_view(snap)})
 
 
 def _scatter_view(snap) -> None:

@@ -399,6 +399,17 @@ def cached_here(key: Hashable, compute: Callable[[], T]) -> T:
     return value
 
 
+def lazy_tabs(key: str, views: dict[str, Callable[[], None]]) -> None:
+    """Tabs named by ``views`` whose open tab alone is drawn (``views[label]()`` inside it).
+    Switching tabs reruns the lab (its fragment); the open tab is in the URL under ``key``. For
+    views that are expensive to draw in the browser (WebGL, large heatmaps)."""
+    for tab, draw in zip(st.tabs(list(views), key=key, on_change="rerun", bind="query-params"), views.values(),
+                         strict=True):
+        if tab.open:
+            with tab:
+                draw()
+
+
 def report_status(label: str, traj: Trajectory) -> None:
     """Say in words how a run ended when it did not simply finish."""
     if traj.status == "diverged":

@@ -14,7 +14,7 @@ from natgrad.optim.riemannian import SIMPLEX_METHODS, SPHERE_METHODS, simplex_st
 from natgrad.presets import MANIFOLD_PRESETS
 from natgrad.tasks.manifolds import digits_covariance
 from natgrad.viz import simplex_steps_figure, sphere_figure, step_distances_figure, stiefel_figure
-from views.labs.common import device, report_status, run_all, settings_form
+from views.labs.common import device, lazy_tabs, report_status, run_all, settings_form
 from views.labs.figures import chart, with_previous
 
 EXP, PROJ, QR, CAYLEY = SPHERE_METHODS
@@ -107,13 +107,7 @@ def retractions(lab: Lab) -> None:
     )
     # only the open tab is drawn (a rerun of this lab when the learner switches): the sphere is a WebGL
     # figure, which took 0.8 s of the page's drawing in Chromium without a GPU
-    simplex, sphere = st.tabs([SIMPLEX_TAB, SPHERE_TAB], key="rx-tab", on_change="rerun", bind="query-params")
-    if sphere.open:
-        with sphere:
-            _sphere_tab()
-    if simplex.open:
-        with simplex:
-            _simplex_tab()
+    lazy_tabs("rx-tab", {SIMPLEX_TAB: _simplex_tab, SPHERE_TAB: _sphere_tab})
 
 
 # ------------------------------------------------------------------ Stiefel in practice
