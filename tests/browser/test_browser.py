@@ -136,9 +136,12 @@ def test_riemannian_labs_draw_in_the_real_browser(server, page):
     settle(page)
     page.get_by_role("heading", name="Sources").wait_for()
     page.get_by_text("Lab: Retraction vs exponential map").first.scroll_into_view_if_needed()
-    assert page.locator('[data-testid="stPlotlyChart"] .gl-container').count() == 0  # drawn when its tab opens
+    sphere_metric = page.locator('[data-testid="stMetricLabel"]').filter(has_text="Cayley (Stiefel, k = 1)")
+    assert sphere_metric.count() == 0  # the sphere's tab is drawn only when it is opened
     page.get_by_role("tab", name="unit sphere (= Stiefel St(3, 1))").click()
-    page.locator('[data-testid="stPlotlyChart"] .gl-container').first.wait_for(state="attached", timeout=30_000)  # WebGL
+    sphere_metric.first.wait_for(timeout=30_000)
+    page.locator('[data-testid="stPlotlyChart"] .gl-container canvas').first.wait_for(state="attached",
+                                                                                    timeout=30_000)  # WebGL
     form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_text("Riemannian Adam learning rate"))
     form.scroll_into_view_if_needed()
     form.get_by_role("button", name="Train").click()
