@@ -261,13 +261,25 @@ def shampoo_blocks(m: int, n: int, block_size: int | None = None) -> int:
 CHOLESKY_FLOPS = 1 / 3
 
 
+def _side_costs(method: str, d: int, rank: int, other: int) -> tuple[float, float, float]:
+    """(invert FLOPs per refresh, apply FLOPs per step, elements kept) of one factor of dimension
+    ``d`` applied to a gradient with ``other`` rows or columns: an eigendecomposition, a Cholesky
+    factor, or a low-rank factor of ``rank`` rows applied by the Woodbury identity (its Gram
+    matrix, that matrix's Cholesky factor, then 4 r d + 2 r^2 per right-hand side)."""
+    if method == "woodbury":
+        return (2.0 * rank * rank * d + CHOLESKY_FLOPS * float(rank) ** 3,
+                other * (4.0 * rank * d + 2.0 * rank * rank), 2.0 * rank * d + rank * rank)
+    return (CHOLESKY_FLOPS if method == "cholesky" else EIGH_FLOPS) * float(d) ** 3, 2.0 * other * d * d, 2.0 * d * d
+
+
 @dataclass(frozen=True)
 class KFACLayerCost:
     """What one K-FAC layer of a model costs, per factor and per step.
 
     ``rows``: rows of the factor statistics per batch (examples x output positions);
-    ``methods``: how A and G are inverted (``"eigh"``, or ``"cholesky"`` above
-    ``wide_factor_dim``); FLOPs per refresh and amortised per step over the schedules.
+    ``methods``: how A and G are inverted (``"eigh"``; above ``wide_factor_dim``, ``"woodbury"``
+    when the batches a low-rank factor keeps have at most half its width in rows, else
+    ``"cholesky"``); FLOPs per refresh and amortised per step over the schedules.
     """
 
     name: str
@@ -276,7 +288,7 @@ class KFACLayerCost:
     g_dim: int
     rows: int
     methods: tuple[str, str]
-    bytes: int  # A, G and their inverses (eigenvectors or inverse), in the given dtype
+    bytes: int  # A, G and their inverses (eigenvectors, Cholesky factor, or rows and Gram factor)
     statistics_flops: tuple[float, float]  # one refresh of A, of G
     invert_flops: tuple[float, float]
     apply_flops: float  # per step: (G + .)^-1 grad (A + .)^-1
@@ -297,16 +309,19 @@ def kfac_layer_costs(model: torch.nn.Module, example_input: torch.Tensor, *, dty
     built from ``r`` rows costs ``2 r d^2`` FLOPs (``X^T X``), its eigendecomposition
     ``EIGH_FLOPS d^3`` and a wide factor's Cholesky factorisation ``CHOLESKY_FLOPS d^3``;
     preconditioning an ``(m, n)`` gradient costs ``2 (m^2 n + m n^2)``
-    (Martens & Grosse 2015, s. 4; :mod:`natgrad.optim.kfac.linalg`).
+    (Martens & Grosse 2015, s. 4); a wide factor kept low-rank costs what :func:`_side_costs`
+    says (:mod:`natgrad.optim.kfac.linalg`).
     """
     import inspect
 
     from natgrad.optim.kfac.layers import find_layers
+    from natgrad.optim.kfac.linalg import steady_batches
     from natgrad.optim.kfac.optimizer import KFAC
 
     defaults = {k: p.default for k, p in inspect.signature(KFAC.__init__).parameters.items()}
     s = {k: schedule.get(k, defaults[k]) for k in ("factor_update_steps", "inverse_update_steps", "wide_factor_dim",
-                                                   "wide_update_steps")}
+                                                   "wide_update_steps", "factor_decay")}
+    kept = steady_batches(s["factor_decay"] ** s["wide_update_steps"])
     layers, _ = find_layers(model)
     rows: dict[str, int] = {}
 
@@ -328,16 +343,18 @@ def kfac_layer_costs(model: torch.nn.Module, example_input: torch.Tensor, *, dty
     for ly in layers:
         dims, r = (ly.in_dim, ly.out_dim), rows.get(ly.name, 0)
         wide = [d > s["wide_factor_dim"] for d in dims]
-        methods = tuple("cholesky" if w else "eigh" for w in wide)
-        stats = tuple(2.0 * r * float(d) ** 2 for d in dims)
-        invert = tuple((CHOLESKY_FLOPS if w else EIGH_FLOPS) * float(d) ** 3 for d, w in zip(dims, wide,
-                                                                                                  strict=True))
+        low_rank = [w and r * kept <= d // 2 for d, w in zip(dims, wide, strict=True)]
+        methods = tuple("woodbury" if lr else "cholesky" if w else "eigh" for w, lr in zip(wide, low_rank,
+                                                                                          strict=True))
+        stats = tuple(float(r) * d if lr else 2.0 * r * float(d) ** 2 for d, lr in zip(dims, low_rank, strict=True))
         m, n = ly.out_dim, ly.in_dim
-        apply = 2.0 * (float(m) ** 2 * n + m * float(n) ** 2)
+        sides = [_side_costs(k, d, r * kept, other) for k, d, other in zip(methods, dims, (m, n), strict=True)]
+        invert = (sides[0][0], sides[1][0])
         stat_every = [s["wide_update_steps"] if w else s["factor_update_steps"] for w in wide]
         inv_every = [s["wide_update_steps"] if w else s["inverse_update_steps"] for w in wide]
-        out.append(KFACLayerCost(ly.name, type(ly.module).__name__, n, m, r, methods, 2 * (n * n + m * m) * b,
-                                 stats, invert, apply, sum(x / k for x, k in zip(stats, stat_every, strict=True)),
+        out.append(KFACLayerCost(ly.name, type(ly.module).__name__, n, m, r, methods,
+                                 int(sum(x for _, _, x in sides)) * b, stats, invert, sides[0][1] + sides[1][1],
+                                 sum(x / k for x, k in zip(stats, stat_every, strict=True)),
                                  sum(x / k for x, k in zip(invert, inv_every, strict=True))))
     return out
 

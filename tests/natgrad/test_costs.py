@@ -118,8 +118,11 @@ def test_bad_sizes_raise():
 
 def test_kfac_layer_costs_of_the_digits_cnn_by_hand():
     """Two 3x3 convolutions on 8x8 images (64 output pixels each) and a 2048 -> 10 head, batch 256:
-    the head's 2049-wide A is the only factor above wide_factor_dim (1024), so it is inverted by
-    a Cholesky factorisation (d^3/3 flops) every wide_update_steps (50); everything else by eigh every 10 steps."""
+    the head's 2049-wide A is the only factor above wide_factor_dim (1024). Its batches have 256
+    rows and, with decay 0.95^50 per refresh every wide_update_steps (50), two are kept: 512 rows,
+    at most half of 2049, so it is a low-rank factor applied by the Woodbury identity (Gram
+    matrix 2 r^2 d, its Cholesky factor r^3/3, 4 r d + 2 r^2 per gradient row). With batches of
+    1024 (2048 rows kept) it is a Cholesky factor (d^3/3); everything else by eigh every 10 steps."""
     from natgrad.tasks.digits import digits_cnn, load_digits_tensors
 
     X, _ = load_digits_tensors()
@@ -127,15 +130,22 @@ def test_kfac_layer_costs_of_the_digits_cnn_by_hand():
     assert [(c.kind, c.a_dim, c.g_dim, c.rows, c.methods) for c in rows] == [
         ("Conv2d", 1 * 9 + 1, 16, 256 * 64, ("eigh", "eigh")),
         ("Conv2d", 16 * 9 + 1, 32, 256 * 64, ("eigh", "eigh")),
-        ("Linear", 2048 + 1, 10, 256, ("cholesky", "eigh")),
+        ("Linear", 2048 + 1, 10, 256, ("woodbury", "eigh")),
     ]
-    head = rows[2]
-    assert head.statistics_flops == (2.0 * 256 * 2049**2, 2.0 * 256 * 10**2)
-    assert head.invert_flops == (2049**3 / 3, costs.EIGH_FLOPS * 10**3)
-    assert head.apply_flops == 2.0 * (10**2 * 2049 + 10 * 2049**2)
-    assert head.per_step_flops == pytest.approx(2.0 * 256 * 2049**2 / 50 + 2.0 * 256 * 100 / 10 + 2049**3 / 3 / 50
+    head, r = rows[2], 512
+    assert head.statistics_flops == (256.0 * 2049, 2.0 * 256 * 10**2)
+    assert head.invert_flops == (2.0 * r * r * 2049 + r**3 / 3, costs.EIGH_FLOPS * 10**3)
+    assert head.apply_flops == 10 * (4.0 * r * 2049 + 2.0 * r * r) + 2.0 * 2049 * 10**2
+    assert head.per_step_flops == pytest.approx(256.0 * 2049 / 50 + 2.0 * 256 * 100 / 10 + head.invert_flops[0] / 50
                                                 + costs.EIGH_FLOPS * 1000 / 10 + head.apply_flops)
-    assert head.bytes == 2 * (2049**2 + 10**2) * 4
+    assert head.bytes == (2 * r * 2049 + r * r + 2 * 10**2) * 4
+
+    big = costs.kfac_layer_costs(digits_cnn(seed=0), X[:1024])[2]
+    assert big.methods == ("cholesky", "eigh")
+    assert big.statistics_flops == (2.0 * 1024 * 2049**2, 2.0 * 1024 * 10**2)
+    assert big.invert_flops == (2049**3 / 3, costs.EIGH_FLOPS * 10**3)
+    assert big.apply_flops == 2.0 * (10**2 * 2049 + 10 * 2049**2)
+    assert big.bytes == 2 * (2049**2 + 10**2) * 4
     fast = costs.kfac_layer_costs(digits_cnn(seed=0), X[:256], wide_factor_dim=4096, inverse_update_steps=1)
     assert fast[2].methods == ("eigh", "eigh") and fast[2].inverses_per_step == pytest.approx(
         costs.EIGH_FLOPS * (2049**3 + 10**3))

@@ -122,6 +122,12 @@ class KFACLayer:
             A = torch.cat([torch.cat([A, s.T], 1), torch.cat([s, s.new_full((1, 1), M)], 1)], 0)
         return A / M
 
+    def input_rows(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        r"""The rows :math:`R` with :math:`A = R^\top R` (:meth:`input_factor`): the homogeneous
+        patches over :math:`\sqrt{\text{rows}}`, (rows, in_dim)."""
+        a = _rows([self.patches(x) for x in inputs])
+        return a / a.shape[0] ** 0.5
+
     def output_factor(self, cot_grads: list[list[torch.Tensor]], n_examples: int) -> torch.Tensor:
         """G from, per cotangent k, the per-example output gradients of every call;
         ``n_examples``: the examples of those passes together."""
@@ -131,6 +137,10 @@ class KFACLayer:
             Gk = g.T @ g
             G = Gk if G is None else G + Gk
         return G / n_examples
+
+    def output_rows(self, cot_grads: list[list[torch.Tensor]], n_examples: int) -> torch.Tensor:
+        r"""The rows :math:`R` with :math:`G = R^\top R` (:meth:`output_factor`), (rows, out)."""
+        return _rows([self.out_grads(gy) for grads in cot_grads for gy in grads]) / n_examples**0.5
 
     def batch_factors(
         self, inputs: list[torch.Tensor], cot_grads: list[list[torch.Tensor]], n_examples: int

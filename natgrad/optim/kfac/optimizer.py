@@ -34,6 +34,7 @@ from torch import nn
 from natgrad.optim.kfac.capture import Capture, Record
 from natgrad.optim.kfac.damping import DEFAULT_BOUNDS, LevenbergMarquardt
 from natgrad.optim.kfac.layers import check_model, find_layers
+from natgrad.optim.kfac.linalg import dense_factor, is_eigen
 from natgrad.optim.kfac.safeguard import loss_rose, within_rounding
 from natgrad.optim.kfac.state import kfac_state_dict, load_kfac_state
 from natgrad.optim.kfac.update import UpdateMixin, make_fallback
@@ -69,7 +70,8 @@ class KFAC(UpdateMixin, torch.optim.Optimizer):
 
     Proposal, with :math:`\lambda` = ``damping`` (+ :math:`\eta`), from eigendecompositions
     refreshed every ``inverse_update_steps`` (factors wider than ``wide_factor_dim``: Cholesky
-    factors refreshed every ``wide_update_steps``, :mod:`natgrad.optim.kfac.linalg`):
+    factors refreshed every ``wide_update_steps``, or, built from fewer rows than half their width,
+    kept as those rows and applied by the Woodbury identity, :mod:`natgrad.optim.kfac.linalg`):
 
     .. math::
         \Delta_\ell = -(G + \tfrac{\sqrt\lambda}{\pi} I)^{-1}\, \nabla_{\bar W_\ell} h\, (A + \pi\sqrt\lambda I)^{-1}
@@ -211,13 +213,13 @@ class KFAC(UpdateMixin, torch.optim.Optimizer):
         self.param_groups[0]["damping"] = float(value)
 
     def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{layer: (A, G)}``: the running-average Kronecker factors."""
-        return dict(self._factors)
+        """``{layer: (A, G)}``: the running-average Kronecker factors (a low-rank one as a matrix)."""
+        return {n: (dense_factor(A), dense_factor(G)) for n, (A, G) in self._factors.items()}
 
     def eigenvalues(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
         """``{layer: (eig(A), eig(G))}`` from the last eigendecomposition, ascending, clamped at 0
-        (None for a wide factor kept as a Cholesky factor)."""
-        return {n: tuple(r[0] if isinstance(r, tuple) else None for r in reps) for n, reps in self._inv.items()}
+        (None for a wide factor kept as a Cholesky factor or a Woodbury form)."""
+        return {n: tuple(r[0] if is_eigen(r) else None for r in reps) for n, reps in self._inv.items()}
 
     def stats(self) -> dict[str, float | None]:
         """Scalars to record per step: this step's ``rejected`` and ``bound`` (1.0 or 0.0) and the

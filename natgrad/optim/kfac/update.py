@@ -19,10 +19,15 @@ from natgrad.curvature.likelihoods import output_grads, output_hessian_sqrt, sam
 from natgrad.optim.kfac.capture import Record, forward_with_calls, preserved_buffers
 from natgrad.optim.kfac.linalg import (
     CholeskyFactor,
+    LowRankFactor,
+    WoodburyFactor,
+    dense_factor,
     diagonal_fallback,
     factor_shifts,
+    factor_trace_mean,
     precondition,
     robust_cholesky,
+    running_factor,
 )
 from natgrad.optim.kfac.quadratic import ggn_inner, graph_jvps, sequential_jvps, sequential_supported
 from natgrad.optim.kfac.safeguard import ModelTerms, StepChoice, choose_step
@@ -133,7 +138,10 @@ class UpdateMixin:
             recs = [r for r in records if n in r.calls]
             if n not in due or not recs:
                 continue
-            A = ly.input_factor([a for r in recs for a, _ in r.calls[n]]) if due[n][0] else None
+            old = self._factors.get(n)
+            inputs = [a for r in recs for a, _ in r.calls[n]]
+            A = self._batch_factor(old and old[0], ly.in_dim, lambda: ly.input_rows(inputs),
+                                   lambda: ly.input_factor(inputs)) if due[n][0] else None
             G = None
             if due[n][1]:
                 if self.fisher_type == "empirical":  # the batch-mean loss's own gradients, times N
@@ -146,46 +154,59 @@ class UpdateMixin:
                             for k in range(len(recs[0].cot_grads))]
                 else:
                     cots = None
-                G = None if cots is None else ly.output_factor(cots, sum(r.examples for r in recs))
-            old = self._factors.get(n)
+                examples = sum(r.examples for r in recs)
+                G = None if cots is None else self._batch_factor(
+                    old and old[1], ly.out_dim, lambda: ly.output_rows(cots, examples),
+                    lambda: ly.output_factor(cots, examples))
             if old is None and (A is None or G is None):
                 continue
-            if not all_finite(*(X for X in (A, G) if X is not None)):
+            if not all_finite(*(X.rows[-1] if isinstance(X, LowRankFactor) else X for X in (A, G) if X is not None)):
                 self._record(t, "nonfinite_factor", n, "factor update skipped")
                 continue
-            new = []
+            new, dims = [], (ly.in_dim, ly.out_dim)
             for X, X0 in zip((A, G), old or (None, None), strict=True):
                 if X is None:
                     X = X0
-                elif X0 is not None and decay > 0:  # b * old + (1 - b) * new, b = decay^interval, in place
-                    X = X.lerp_(X0, decay ** self._factor_interval(X.shape[0]))
+                elif X0 is not None and decay > 0:  # b * old + (1 - b) * new, b = decay^interval
+                    X = running_factor(X0, X, decay ** self._factor_interval(dims[len(new)]))
                 new.append(X)
             self._factors[n] = (new[0], new[1])
 
+    def _batch_factor(self, old, dim: int, rows, dense):
+        """This batch's factor: its rows (a :class:`LowRankFactor`) for a wide factor not yet dense
+        whose batch has at most ``dim / 2`` rows, else the matrix (``rows``, ``dense``: how to get them)."""
+        if self._wide(dim) and not isinstance(old, torch.Tensor):
+            R = rows()
+            return LowRankFactor((1.0,), (R,)) if R.shape[0] <= dim // 2 else R.T @ R
+        return dense()
+
     def _refresh_inverses(self, t: int, lam: float) -> None:
         """Eigendecompositions every ``inverse_update_steps``; factors wider than
-        ``wide_factor_dim`` (with pi-damping) as Cholesky factors every ``wide_update_steps``."""
+        ``wide_factor_dim`` (with pi-damping) every ``wide_update_steps``, as Cholesky factors, or as
+        Woodbury forms when kept low-rank (:mod:`natgrad.optim.kfac.linalg`)."""
         for ly in self.layers:
             if ly.name not in self._factors:
                 continue
             mats = self._factors[ly.name]
             reps = self._inv.setdefault(ly.name, [None, None])
-            for i, (which, M) in enumerate(zip("AG", mats, strict=True)):
-                wide = self._wide(M.shape[0])
+            for i, (which, M, dim) in enumerate(zip("AG", mats, (ly.in_dim, ly.out_dim), strict=True)):
+                wide = self._wide(dim)
                 if reps[i] is not None and t % (self.wide_update_steps if wide else self.inverse_update_steps):
                     continue
                 where = f"{ly.name}:{which}"
                 if wide:
-                    means = [torch.diagonal(X).mean() for X in mats]
+                    means = [factor_trace_mean(X) for X in mats]
                     shift = factor_shifts(means[0], means[1], lam)[i]
-                    U, message = robust_cholesky(M, shift)
+                    Y = M.stacked() if isinstance(M, LowRankFactor) else None
+                    U, message = robust_cholesky(M if Y is None else Y @ Y.T, shift)
                     if message:
                         self._record(t, "cholesky_fp64_retry" if U is not None else "cholesky_failed", where,
                                      message if U is not None else f"{message}; kept the previous factor")
                     if U is not None:
-                        reps[i] = CholeskyFactor(U, shift, means[i])
+                        reps[i] = CholeskyFactor(U, shift, means[i]) if Y is None else WoodburyFactor(
+                            Y, U, shift, means[i])
                     elif reps[i] is None:
-                        reps[i] = diagonal_fallback(M)
+                        reps[i] = diagonal_fallback(dense_factor(M))
                     continue
                 r = robust_eigh(M)
                 if r.status == "fp64_retry":

@@ -130,20 +130,25 @@ def test_damping_to_zero_gives_pseudo_inverse_natural_gradient(lik):
     torch.testing.assert_close(_flat(model) - theta0, expected, rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("wide_factor_dim", [1024, 0], ids=["eigenbases", "cholesky-factors"])
+@pytest.mark.parametrize("wide_factor_dim,widths,wide_kinds", [
+    (1024, (4, 5, 3), set()), (0, (4, 5, 3), {"CholeskyFactor"}), (0, (20, 40, 3), {"WoodburyFactor", "CholeskyFactor"})],
+    ids=["eigenbases", "cholesky-factors", "woodbury-forms"])
 @pytest.mark.parametrize("lik", ["gaussian", "softmax"])
-def test_pi_damping_matches_explicit_kronecker_solve(lik, wide_factor_dim):
+def test_pi_damping_matches_explicit_kronecker_solve(lik, wide_factor_dim, widths, wide_kinds):
     """A batch of 6: the step is -[(A + pi sqrt(lam) I) (x) (G + sqrt(lam)/pi I)]^{-1} g per layer, with
     A, G from natgrad.curvature.kfac_factors (type-2) and pi from their traces; dense solve. The same
-    with every factor treated as wide (kept as a Cholesky factor, applied by triangular solves)."""
-    model = _mlp((4, 5, 3))
-    X, y = _data(6, 4, 3, lik)
+    with every factor treated as wide: kept as a Cholesky factor (applied by triangular solves), or,
+    where its 6 or 18 rows are at most half its width, as those rows (applied by the Woodbury identity)."""
+    model = _mlp(widths)
+    X, y = _data(6, widths[0], widths[-1], lik)
     lam = 0.3
     factors = kfac_factors(model, X, y, likelihood=lik, kind="type-2")
     grad = _grad(model, X, y, lik)
     theta0 = _flat(model)
-    KFAC(model, likelihood=lik, damping=lam, factor_decay=0.0, fisher_type="exact", pi_damping=True,
-         wide_factor_dim=wide_factor_dim).step(X, y)
+    opt = KFAC(model, likelihood=lik, damping=lam, factor_decay=0.0, fisher_type="exact", pi_damping=True,
+               wide_factor_dim=wide_factor_dim)
+    opt.step(X, y)
+    assert {type(r).__name__ for reps in opt._inv.values() for r in reps} - {"tuple"} == wide_kinds
     step = _flat(model) - theta0
     for name, sl in layer_slices(model).items():
         A, G = factors[name]
@@ -183,6 +188,28 @@ def test_running_average_of_factors():
     for name in f1:
         for i in range(2):
             torch.testing.assert_close(opt.factors()[name][i], 0.8 * f1[name][i] + 0.2 * f2[name][i])
+
+
+@pytest.mark.parametrize("decay,kinds", [(0.5, ["LowRankFactor", "LowRankFactor", "Tensor", "Tensor"]),
+                                         (0.005, ["LowRankFactor"] * 4)])
+def test_running_average_of_a_low_rank_factor(decay, kinds):
+    """A 21-wide input factor refreshed every step from batches of 5 rows is kept as those rows while
+    they are at most half its width: with decay 0.5 it equals the running average of the batch
+    factors (natgrad.curvature.kfac_factors), low-rank for two steps and dense from the third (15
+    rows); with decay 0.005 each older batch's weight (0.005) falls below 1% and is dropped, so
+    the factor is the newest batch's alone."""
+    model = _mlp((20, 4, 2))
+    batches = [_data(5, 20, 2, "gaussian", seed=s) for s in range(1, 5)]
+    opt = KFAC(model, likelihood="gaussian", factor_decay=decay, fisher_type="exact", lr=0.0,
+               wide_factor_dim=0, wide_update_steps=1)
+    expected, got_kinds = None, []
+    for X, y in batches:
+        A = kfac_factors(model, X, y, likelihood="gaussian", kind="type-2")["0"][0]
+        expected = A if expected is None or decay < 0.01 else decay * expected + (1 - decay) * A
+        opt.step(X, y)
+        got_kinds.append(type(opt._factors["0"][0]).__name__)
+        torch.testing.assert_close(opt.factors()["0"][0], expected, rtol=1e-10, atol=1e-12)
+    assert got_kinds == kinds
 
 
 # ------------------------------------------------------------- convolutions (KFC)
@@ -394,11 +421,6 @@ def test_lm_rule_through_the_optimizer(interval, monkeypatch):
 
 # ------------------------------------------------------------- checkpoints
 
-def _resume_model(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 4))
-
-
 CKPT_CONFIGS = {
     "true-quadratic-momentum-lm": dict(fisher_type="true", step_size_rule="quadratic", momentum=0.9,
                                        adaptive_damping=True, damping_adaptation_interval=3, inverse_update_steps=3,
@@ -410,13 +432,23 @@ CKPT_CONFIGS = {
 
 
 @pytest.mark.parametrize("lik", ["softmax", "gaussian"])
-@pytest.mark.parametrize("config", list(CKPT_CONFIGS))
+@pytest.mark.parametrize("config", list(CKPT_CONFIGS) + ["low-rank-wide-factors"])
 def test_resume_from_checkpoint_is_bitwise_identical(config, lik):
+    """Ten steps, a checkpoint, ten more, against twenty uninterrupted. "low-rank-wide-factors":
+    every factor is wide and refreshed every 2 steps from batches of 10; the 41-wide input factor
+    keeps its two newest batches (20 rows) as a low-rank factor applied by the Woodbury identity."""
+    width, n = (40, 10) if config == "low-rank-wide-factors" else (6, 16)
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(16, 6, generator=g),) for _ in range(20)]
-    batches = [(x, torch.randint(0, 4, (16,), generator=g) if lik == "softmax" else torch.randn(16, 4, generator=g))
+    batches = [(torch.randn(n, width, generator=g),) for _ in range(20)]
+    batches = [(x, torch.randint(0, 4, (n,), generator=g) if lik == "softmax" else torch.randn(n, 4, generator=g))
                for (x,) in batches]
-    hp = dict(CKPT_CONFIGS[config], likelihood=lik, fallback_kwargs={"lr": 1e-2})
+    hp = dict(CKPT_CONFIGS.get(config, dict(CKPT_CONFIGS["true-quadratic-momentum-lm"], wide_factor_dim=0,
+                                            wide_update_steps=2, factor_decay=0.3, curvature_examples=None)),
+              likelihood=lik, fallback_kwargs={"lr": 1e-2})
+
+    def _resume_model(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(width, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 4))
 
     ref = _resume_model(0)
     ref_opt = KFAC(ref, **hp)
@@ -443,6 +475,10 @@ def test_resume_from_checkpoint_is_bitwise_identical(config, lik):
     assert fresh_opt.damping == ref_opt.damping and fresh_opt.steps == ref_opt.steps == 20
     assert ref_opt.event_counts == {} and fresh_opt.last_rho == ref_opt.last_rho
     assert torch.equal(fresh_opt.generator.get_state(), ref_opt.generator.get_state())
+    if config == "low-rank-wide-factors":
+        A = fresh_opt._factors["0"][0]
+        assert type(A).__name__ == "LowRankFactor" and len(A.weights) == 2 and A.rank == 20
+        assert type(fresh_opt._inv["0"][0]).__name__ == "WoodburyFactor"
 
 
 # ------------------------------------------------------------- robustness
