@@ -140,8 +140,8 @@ class UpdateMixin:
                 continue
             old = self._factors.get(n)
             inputs = [a for r in recs for a, _ in r.calls[n]]
-            A = self._batch_factor(old and old[0], ly.in_dim, lambda: ly.input_rows(inputs),
-                                   lambda: ly.input_factor(inputs)) if due[n][0] else None
+            A = self._batch_factor(old and old[0], ly.in_dim, ly.input_rows, ly.input_factor,
+                                   inputs) if due[n][0] else None
             G = None
             if due[n][1]:
                 if self.fisher_type == "empirical":  # the batch-mean loss's own gradients, times N
@@ -156,8 +156,7 @@ class UpdateMixin:
                     cots = None
                 examples = sum(r.examples for r in recs)
                 G = None if cots is None else self._batch_factor(
-                    old and old[1], ly.out_dim, lambda: ly.output_rows(cots, examples),
-                    lambda: ly.output_factor(cots, examples))
+                    old and old[1], ly.out_dim, ly.output_rows, ly.output_factor, cots, examples)
             if old is None and (A is None or G is None):
                 continue
             if not all_finite(*(X.rows[-1] if isinstance(X, LowRankFactor) else X for X in (A, G) if X is not None)):
@@ -172,13 +171,13 @@ class UpdateMixin:
                 new.append(X)
             self._factors[n] = (new[0], new[1])
 
-    def _batch_factor(self, old, dim: int, rows, dense):
+    def _batch_factor(self, old, dim: int, rows, dense, *args):
         """This batch's factor: its rows (a :class:`LowRankFactor`) for a wide factor not yet dense
-        whose batch has at most ``dim / 2`` rows, else the matrix (``rows``, ``dense``: how to get them)."""
+        whose batch has at most ``dim / 2`` rows, else the matrix (``rows(*args)``, ``dense(*args)``)."""
         if self._wide(dim) and not isinstance(old, torch.Tensor):
-            R = rows()
+            R = rows(*args)
             return LowRankFactor((1.0,), (R,)) if R.shape[0] <= dim // 2 else R.T @ R
-        return dense()
+        return dense(*args)
 
     def _refresh_inverses(self, t: int, lam: float) -> None:
         """Eigendecompositions every ``inverse_update_steps``; factors wider than
