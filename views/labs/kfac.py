@@ -254,7 +254,9 @@ def _model_costs(task: str) -> list[dict]:
 
 def model_costs(log: bool = True) -> None:
     st.markdown("**Per layer, for one of the course's models** (K-FAC's default schedule: statistics every 10 "
-                "steps, eigendecompositions every 10; factors wider than 1024 inverted by Cholesky every 50 steps)")
+                "steps, eigendecompositions every 10; factors wider than 1024 every 50 steps: kept as the rows of their "
+                "last batches and applied by the Woodbury identity while those rows are at most half the width, "
+                "else as a Cholesky factor)")
     task = st.radio("model", list(TASK_CHOICES), format_func=TASK_CHOICES.get, key="kc-task", bind="query-params", horizontal=False,
                     help="One of the models the K-FAC training lab trains.")
     rows = _model_costs(task)
