@@ -6,9 +6,6 @@ each gets a page in its section of the navigation.
 
 from __future__ import annotations
 
-import importlib
-import threading
-
 # pandas: Streamlit imports it on the first st.dataframe, 0.4 s on the first lab page that shows a table.
 # Imported here, in the script's own thread, on the server's first run: imported in a background thread
 # instead, it would be half-initialised in sys.modules while Streamlit checks objects against it.
@@ -20,8 +17,7 @@ from course.lessons import SECTIONS, Lesson, LessonError
 from course.markup import escape_markdown
 from course.progress import default_path
 from course.summary import lesson_progress, overall
-from views import home, lesson, notation, progress, style
-from views.labs.common import shipped_file
+from views import home, labs, lesson, notation, progress, style
 
 st.set_page_config(page_title="Natural Gradient in Deep Learning", page_icon=":material/school:", layout="wide")
 style.inject()  # phone width: equations and tables scroll in their own box, labels wrap
@@ -32,25 +28,6 @@ def device_label() -> str:
     from natgrad.devices import describe
 
     return describe().label
-
-
-# sympy, through torch's symbolic shapes (the first torch.broadcast_shapes, in geoopt: 0.3 s), is
-# imported in the background once per server, with the labs' shipped opening results (0.4 s): nothing
-# looks either up before importing it, so a page that needs one first waits for the import to finish.
-@st.cache_resource(show_spinner=False)
-def warm_up() -> threading.Thread:
-    """Start importing sympy (through torch) and reading the shipped lab results in a background
-    thread (once per server), so that the first lab page a learner opens does not wait for them."""
-    def work() -> None:
-        try:
-            importlib.import_module("torch.fx.experimental.symbolic_shapes")
-        except Exception:  # noqa: BLE001 - a page that needs it will import it and report the problem
-            pass
-        shipped_file()
-
-    thread = threading.Thread(target=work, name="natgrad-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 def lesson_page(item: Lesson, pages: dict[str, st.Page]) -> st.Page:
@@ -87,7 +64,9 @@ def sidebar(lessons: list[Lesson]) -> None:
             st.warning(warning, icon=":material/warning:")
         else:
             st.caption(f"Progress saved in `{default_path()}`")
-        st.caption(f"Labs run on: **{device_label()}**")
+        # the device is named once the warm-up has imported torch (the server's first page does not wait)
+        st.caption(f"Labs run on: **{device_label()}**" if not labs.warming() else
+                   "Labs run on: the device is being detected (shown on the next page)")
         st.html(widgets.remember_script(name), unsafe_allow_javascript=True, width="content")
 
 
@@ -109,7 +88,7 @@ def main() -> None:
         if members:
             sections[section] = members
     nav = st.navigation(sections)
-    warm_up()
+    labs.warm_up()  # once per server: the labs' imports in the background (the home page does not need them)
     sidebar(lessons)
     nav.run()
 
