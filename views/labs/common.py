@@ -68,7 +68,7 @@ SHIPPED_ENV = "NATGRAD_COURSE_SHIPPED"  # "0": ignore the shipped opening result
 @functools.lru_cache(maxsize=1)
 def shipped_file() -> tuple[dict[str, Any], dict[str, Any]]:
     """The shipped opening results (entries, meta), read once per server: about 0.4 s for the
-    3 MB file, so the app reads it in the background when it starts (``app.warm_up``)."""
+    3 MB file, so the app reads it in the background when it starts (``views.labs.warm_up``)."""
     return ({}, {}) if os.environ.get(SHIPPED_ENV, "1") == "0" else stored.load()
 
 
@@ -429,17 +429,21 @@ def show_runs(key: str, trajs: dict[str, Trajectory], settings: dict | None = No
     for label, t in trajs.items():
         report_status(label, t)
     shown = with_previous(key, trajs, settings)
-    tab_steps, tab_secs = st.tabs(["loss vs steps", "loss vs seconds"])
-    chart(loss_figure(shown, "step"), f"{key}-fig-steps", tab_steps)
-    chart(loss_figure(shown, "seconds"), f"{key}-fig-secs", tab_secs)
+    lazy_tabs(f"{key}-axis", {"loss vs steps": lambda: chart(loss_figure(shown, "step"), f"{key}-fig-steps"),
+                              "loss vs seconds": lambda: chart(loss_figure(shown, "seconds"), f"{key}-fig-secs")})
     run_metrics(trajs, ms_per_step)
 
 
 def bench_results(name: str, title: str, report: Callable[[dict], str]) -> None:
     """An expander with the stored results of ``python -m natgrad.bench NAME`` (its
-    printed report and the tuned loss curves), or how to produce them."""
+    printed report and the tuned loss curves), or how to produce them; drawn only when
+    opened (opening it reruns the lab)."""
+    box = st.expander(f"Benchmark: {title} (python -m natgrad.bench {name})", key=f"bench-{name}-open",
+                      on_change="rerun")
+    if not box.open:
+        return
     result = load_bench(BENCH_DIR / f"{name}.json")
-    with st.expander(f"Benchmark: {title} (python -m natgrad.bench {name})"):
+    with box:
         if result is None:
             st.info(f"No benchmark results are stored yet. Run `python -m natgrad.bench {name} "
                     f"--out docs/bench/{name}.json`.")
