@@ -138,10 +138,18 @@ def test_heatmaps_have_axis_titles_named_layers_and_a_titled_colour_bar():
     assert figs[0].data[0].showscale is False  # one colour bar for the pair: the scale is shared
     assert figs[0].data[0].zmax == figs[1].data[0].zmax
     assert "relative error 25.0%" in figs[1].layout.title.text
-    # the colour bar's labels are entries' values: the largest tick maps back to a real magnitude
+    # colours: 255 levels (one byte each) of the signed-log value sign(x) log10(1 + |x|/s), the middle one
+    # a zero entry; the colour bar's labels are entries' values: the largest tick maps back to a real magnitude
     scale = float(np.abs(m).max()) * 1e-4
-    k = max(heat.colorbar.tickvals)
-    assert float(heat.colorbar.ticktext[list(heat.colorbar.tickvals).index(k)]) == pytest.approx(
+    zmax = max(np.log10(1 + np.abs(x) / scale).max() for x in (m, np.diag(np.diag(m))))
+    assert (heat.zmin, heat.zmax) == (0, 254) and np.asarray(heat.z).dtype == np.uint8
+    signed_log = np.sign(np.diag(np.diag(m))) * np.log10(1 + np.abs(np.diag(np.diag(m))) / scale)
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float) / 254 * 2 * zmax - zmax, signed_log, atol=zmax / 254)
+    assert np.asarray(heat.z)[0, 1] == 127  # off the diagonal: zero
+    np.testing.assert_allclose(np.asarray(heat.customdata), np.diag(np.diag(m)), rtol=1e-6)
+    level = max(heat.colorbar.tickvals)
+    k = level / 254 * 2 * zmax - zmax
+    assert float(heat.colorbar.ticktext[list(heat.colorbar.tickvals).index(level)]) == pytest.approx(
         scale * (10**k - 1), rel=0.05)
 
 
