@@ -4,11 +4,14 @@
     python scripts/app_timing.py --pages kfac damping
     python scripts/app_timing.py --fresh          # without the shipped opening results: real training
     python scripts/app_timing.py --no-labs --repeat 3   # pages only, each visited 3 times (median too)
+    python scripts/app_timing.py --no-labs --links      # and reached from the sidebar, as a learner does
 
 Starts ``streamlit run app.py`` headless on 127.0.0.1 (a free port) and drives
 Debian's Chromium (``/usr/bin/chromium``) with the playwright package. A page
 *settles* when no script run has been going for 0.5 s; its time runs from the
-start of navigation to the end of the last run. For every lab form the
+start of navigation (a full load of the page's address) to the end of the last run; with
+``--links`` pages are also reached by clicking their sidebar link, the app staying loaded,
+timed from the click. For every lab form the
 submit button is pressed twice at the form's opening settings: the first
 press is the learner's first run (served from the shipped results unless
 ``--fresh``), the second the cached rerun; each is timed from the click to the
@@ -118,10 +121,21 @@ def wait_settled(page, since_ms: float) -> float:
 
 
 def open_page(page, url: str) -> float:
-    """Seconds from the start of navigation until the page has settled."""
+    """Seconds from the start of navigation (a full page load) until the page has settled."""
     page.goto(url)
     page.wait_for_selector('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]', timeout=TIMEOUT_S * 1e3)
     return wait_settled(page, 0.0)
+
+
+def follow_link(page, url: str, path: str) -> float:
+    """Seconds from a click on the page's link in the sidebar (the app stays loaded) until it has settled."""
+    target = f"{url}/" if path == "home" else f"{url}/{path}"  # the default page's link is the root
+    link = page.locator(f'[data-testid="stSidebarNav"] a[href="{target}"]').first
+    link.scroll_into_view_if_needed(timeout=10_000)
+    since = page.evaluate("() => performance.now()")
+    link.click()
+    page.wait_for_url(lambda u: u.split("?")[0] in (target, f"{url}/{path}"), timeout=10_000)
+    return wait_settled(page, since)
 
 
 TAG_LABS = """() => {
@@ -165,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-labs", action="store_true", help="page times only")
     parser.add_argument("--repeat", type=int, default=1,
                         help="visit every page this many times (after its labs) and report the median too")
+    parser.add_argument("--links", action="store_true",
+                        help="then reach every page from its sidebar link (--repeat times), the app staying loaded")
     args = parser.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
@@ -175,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, url = start_server(args.fresh)
     pages, labs = [], []
     visits: dict[str, list[float]] = {}  # page -> settle time of each visit
+    clicks: dict[str, list[float]] = {}  # page -> settle time after each click on its sidebar link
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -194,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                         labs.append((f"{path}: {name}", first_run, rerun))
                         print(f"  lab {name}: first run {first_run:.2f} s, rerun {rerun:.2f} s", flush=True)
                 visits[path] = [pages[-1][1]] + [open_page(page, f"{url}/{path}") for _ in range(args.repeat - 1)]
+            if args.links:  # the same pages reached from the sidebar, as a learner moves through the course
+                for path in ["home", "progress", *slugs] * args.repeat:
+                    clicks.setdefault(path, []).append(follow_link(page, url, path))
             browser.close()
     finally:
         stop_server(proc)
@@ -203,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         seen = visits.get(name)  # None for the server's first page
         extra = f"  {statistics.median(seen):8.2f}  ({', '.join(f'{v:.2f}' for v in seen)})" if many and seen else ""
         print(f"{name:<48} {secs:8.2f}{extra}")
+    if clicks:
+        print(f"\n{'page reached by its sidebar link':<48} median of {args.repeat}  (each)")
+        for name, seen in clicks.items():
+            print(f"{name:<48} {statistics.median(seen):8.2f}  ({', '.join(f'{v:.2f}' for v in seen)})")
     if labs:
         what = "first run (training)" if args.fresh else "first run (opening settings)"
         print(f"\n{'lab form':<72} {what:>28} {'cached rerun':>13}")
