@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -272,6 +273,19 @@ def _side_costs(method: str, d: int, rank: int, other: int) -> tuple[float, floa
     return (CHOLESKY_FLOPS if method == "cholesky" else EIGH_FLOPS) * float(d) ** 3, 2.0 * other * d * d, 2.0 * d * d
 
 
+KFAC_SCHEDULE = ("factor_update_steps", "inverse_update_steps", "wide_factor_dim", "wide_update_steps", "factor_decay")
+
+
+def kfac_schedule() -> dict[str, Any]:
+    """K-FAC's default refresh schedule (:data:`KFAC_SCHEDULE`, read from :class:`natgrad.optim.KFAC`'s signature)."""
+    import inspect
+
+    from natgrad.optim.kfac.optimizer import KFAC
+
+    params = inspect.signature(KFAC.__init__).parameters
+    return {k: params[k].default for k in KFAC_SCHEDULE}
+
+
 @dataclass(frozen=True)
 class KFACLayerCost:
     """What one K-FAC layer of a model costs, per factor and per step.
@@ -312,15 +326,10 @@ def kfac_layer_costs(model: torch.nn.Module, example_input: torch.Tensor, *, dty
     (Martens & Grosse 2015, s. 4); a wide factor kept low-rank costs what :func:`_side_costs`
     says (:mod:`natgrad.optim.kfac.linalg`).
     """
-    import inspect
-
     from natgrad.optim.kfac.layers import find_layers
     from natgrad.optim.kfac.linalg import steady_batches
-    from natgrad.optim.kfac.optimizer import KFAC
 
-    defaults = {k: p.default for k, p in inspect.signature(KFAC.__init__).parameters.items()}
-    s = {k: schedule.get(k, defaults[k]) for k in ("factor_update_steps", "inverse_update_steps", "wide_factor_dim",
-                                                   "wide_update_steps", "factor_decay")}
+    s = kfac_schedule() | {k: v for k, v in schedule.items() if k in KFAC_SCHEDULE}
     kept = steady_batches(s["factor_decay"] ** s["wide_update_steps"])
     layers, _ = find_layers(model)
     rows: dict[str, int] = {}

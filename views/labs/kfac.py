@@ -253,8 +253,10 @@ def _model_costs(task: str) -> list[dict]:
 
 
 def model_costs(log: bool = True) -> None:
-    st.markdown("**Per layer, for one of the course's models** (K-FAC's default schedule: statistics every 10 "
-                "steps, eigendecompositions every 10; factors wider than 1024 every 50 steps: kept as the rows of their "
+    k = costs.kfac_schedule()
+    st.markdown(f"**Per layer, for one of the course's models** (K-FAC's default schedule: statistics every "
+                f"{k['factor_update_steps']} steps, eigendecompositions every {k['inverse_update_steps']}; factors "
+                f"wider than {k['wide_factor_dim']} every {k['wide_update_steps']} steps: kept as the rows of their "
                 "last batches and applied by the Woodbury identity while those rows are at most half the width, "
                 "else as a Cholesky factor)")
     task = st.radio("model", list(TASK_CHOICES), format_func=TASK_CHOICES.get, key="kc-task", bind="query-params", horizontal=False,
