@@ -58,7 +58,7 @@ def _fragment(render: Callable[[Lab], None]) -> Callable[[Lab], None]:
 
 # lab id -> "module:renderer" in views.labs. The modules (torch, natgrad, plotly: about 2 s on the
 # server's first run) are imported when a lab is first drawn, or before by the app's warm-up
-# (:func:`import_all`), so that the home page does not wait for them.
+# (:func:`warm_up`), so that the home page does not wait for them.
 RENDERERS: dict[str, str] = {
     "adam-vs-fisher": "adam:adam_vs_fisher",
     "fisher-blocks": "kfac:fisher_blocks",
