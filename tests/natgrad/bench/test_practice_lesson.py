@@ -65,6 +65,13 @@ def test_the_kfac_lesson_quotes_the_three_tasks():
     assert wall >= 2 and per_step <= 4
     assert ("Both goals set for that task were met, at least 2x less time and at most 4x the cost per step timed "
             "side by side") in lesson
+    # how many batches the head's low-rank factor keeps, with K-FAC's defaults
+    from natgrad.costs import kfac_schedule
+    from natgrad.optim.kfac.linalg import steady_batches
+
+    k = kfac_schedule()
+    kept = steady_batches(k["factor_decay"] ** k["wide_update_steps"])
+    assert f"kept as the rows of its last {['one', 'two', 'three', 'four'][kept - 1]} batches" in lesson
 
 
 def test_shampoo_figures():
