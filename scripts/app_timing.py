@@ -8,8 +8,9 @@
 
 Starts ``streamlit run app.py`` headless on 127.0.0.1 (a free port) and drives
 Debian's Chromium (``/usr/bin/chromium``) with the playwright package. A page
-*settles* when no script run has been going for 0.5 s; its time runs from the
-start of navigation (a full load of the page's address) to the end of the last run; with
+*settles* when no script run is going and nothing on it has changed for 0.5 s; its time runs
+from the start of navigation (a full load of the page's address) to its last change (charts are drawn after
+the run that sent them has ended); with
 ``--links`` pages are also reached by clicking their sidebar link, the app staying loaded,
 timed from the click. For every lab form the
 submit button is pressed twice at the form's opening settings: the first
@@ -41,10 +42,13 @@ QUIET_MS = 500  # a page or a lab has settled when no run has been going for thi
 TIMEOUT_S = 600
 
 # Record, in the page, when a script run starts and ends (Streamlit's status widget says "Running")
-# and when the main area last changed.
+# and when the app (Streamlit's root element) last changed: not styles added to the document's head, nor
+# the hidden test elements that a script loaded in the background adds to the body and removes.
 OBSERVER = """
 window.__runs = []; window.__running = false; window.__lastChange = performance.now();
-new MutationObserver(() => {
+new MutationObserver(records => {
+  const root = document.getElementById('root');
+  if (root && records.every(r => !root.contains(r.target))) return;
   window.__lastChange = performance.now();
   const w = document.querySelector('[data-testid="stStatusWidget"]');
   const running = !!document.querySelector('[data-testid="stStatusWidgetRunningIcon"]')
@@ -93,19 +97,26 @@ def stop_server(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+# [runs, running, now, last change, how many elements still wait]: an element whose front-end code is still
+# loading shows a skeleton, and a plotly figure has no SVG until plotly has drawn it (a long task of loading
+# and compiling plotly itself leaves the page unchanged for more than QUIET_MS)
+PENDING = """() => [window.__runs, window.__running, performance.now(), window.__lastChange,
+  document.querySelectorAll('#root [data-testid="stSkeleton"], #root [data-testid="stSkeletonElement"]').length
+  + [...document.querySelectorAll('#root [data-testid="stPlotlyChart"]')].filter(e => !e.querySelector('.main-svg')).length]"""
+
+
 def _settled(page, since_ms: float) -> float | None:
-    """ms (page clock) at which the last run after ``since_ms`` ended, once quiet for QUIET_MS; else None."""
-    runs, running, now, last_change = page.evaluate(
-        "() => [window.__runs, window.__running, performance.now(), window.__lastChange]")
-    if running:
+    """ms (page clock) at which the page last changed after ``since_ms``: no run going, no element waiting
+    to be drawn and nothing changed for QUIET_MS (charts are drawn after the run that sent them has ended);
+    else None."""
+    runs, running, now, last_change, pending = page.evaluate(PENDING)
+    if running or pending:
         return None
-    after = [t for r, t in runs if t >= since_ms]
-    end = max([t for r, t in runs if not r and t >= since_ms], default=None)
-    if end is None:  # no run was seen: a run too short for the status widget; take the last change
-        end = last_change if last_change >= since_ms else since_ms
-        if now - since_ms < 3 * QUIET_MS:
-            return None
-    if now - max(after + [end]) < QUIET_MS:
+    ends = [t for r, t in runs if not r and t >= since_ms]
+    if not ends and now - since_ms < 3 * QUIET_MS:
+        return None  # no run seen yet (one shorter than 0.5 s shows no status): give it time to start
+    end = max([*ends, last_change if last_change >= since_ms else since_ms])
+    if now - end < QUIET_MS:
         return None
     return end
 
@@ -127,9 +138,14 @@ def open_page(page, url: str) -> float:
     return wait_settled(page, 0.0)
 
 
+def address(url: str, path: str) -> str:
+    """A page's address: the home page (the default one) is the root; "/home" would open a "page not found" box."""
+    return f"{url}/" if path == "home" else f"{url}/{path}"
+
+
 def follow_link(page, url: str, path: str) -> float:
     """Seconds from a click on the page's link in the sidebar (the app stays loaded) until it has settled."""
-    target = f"{url}/" if path == "home" else f"{url}/{path}"  # the default page's link is the root
+    target = address(url, path)
     link = page.locator(f'[data-testid="stSidebarNav"] a[href="{target}"]').first
     link.scroll_into_view_if_needed(timeout=10_000)
     since = page.evaluate("() => performance.now()")
@@ -199,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             context.add_init_script(OBSERVER)
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_S * 1e3)
-            first = open_page(page, f"{url}/home")  # the server imports torch and the course on its first page
+            first = open_page(page, address(url, "home"))  # the server imports torch and the course on its first page
             pages.append(("home (first page of the server)", first))
             for path in ["home", "progress", *slugs]:
-                pages.append((path, open_page(page, f"{url}/{path}")))
+                pages.append((path, open_page(page, address(url, path))))
                 print(f"page {path}: settled in {pages[-1][1]:.2f} s", flush=True)
                 if not args.no_labs and path not in ("home", "progress"):
                     for name, button in lab_forms(page):
@@ -210,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         rerun = press(page, button)
                         labs.append((f"{path}: {name}", first_run, rerun))
                         print(f"  lab {name}: first run {first_run:.2f} s, rerun {rerun:.2f} s", flush=True)
-                visits[path] = [pages[-1][1]] + [open_page(page, f"{url}/{path}") for _ in range(args.repeat - 1)]
+                visits[path] = [pages[-1][1]] + [open_page(page, address(url, path)) for _ in range(args.repeat - 1)]
             if args.links:  # the same pages reached from the sidebar, as a learner moves through the course
                 for path in ["home", "progress", *slugs] * args.repeat:
                     clicks.setdefault(path, []).append(follow_link(page, url, path))
