@@ -5,11 +5,13 @@ independent computations."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from course.progress import ENV_VAR
 from natgrad.tasks.chars import chars_task
@@ -31,7 +33,7 @@ def _metrics(at):
 
 
 def _table(at, column):
-    tables = [df.value for df in at.dataframe if column in df.value.columns]
+    tables = [df.value for df in at.table if column in df.value.columns]
     assert len(tables) == 1, f"{len(tables)} tables with a column {column!r}"
     return tables[0]
 
@@ -79,7 +81,9 @@ def test_adam_fisher_lab_trains_adam_on_the_batches_it_says():
     at = at.run()
     assert not _lab_errors(at)
     layer = _chart(at, "af-layer")
-    assert _array(layer["data"][0]["z"]).shape == (330, 330)  # the output layer: 10 x 32 weights + 10 biases
+    # one pixel per entry of the output layer's block: 10 x 32 weights + 10 biases
+    png = base64.b64decode(layer["data"][0]["source"].split(",", 1)[1])
+    assert Image.open(io.BytesIO(png)).size == (330, 330)
 
 
 def test_power_paths_follow_the_closed_form():

@@ -3,13 +3,17 @@ in words, and nothing drawn that is not in the data (no bar of 1 for a zero cost
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 from types import SimpleNamespace
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 import pytest
+from PIL import Image
 
 from natgrad.costs import human_bytes
 from natgrad.viz import (
@@ -122,6 +126,20 @@ def test_trace_panels_are_titled_in_words():
     assert not any(t.name in ("rho", "alpha", "step_norm") for t in fig.data)
 
 
+def _decode(source: str) -> np.ndarray:
+    """The pixels of a ``data:image/png;base64,...`` image, decoded by Pillow (not by our encoder)."""
+    prefix = "data:image/png;base64,"
+    assert source.startswith(prefix)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source[len(prefix):]))).convert("RGB"))
+
+
+def _rdbu_r(t: np.ndarray) -> np.ndarray:
+    """RdBu_r at fractions ``t`` by linear interpolation between its published stops, in 0..255."""
+    stops = [tuple(int(c) for c in re.findall(r"\d+", s)) for s in plotly.colors.sequential.RdBu_r]
+    at = np.linspace(0, 1, len(stops))
+    return np.stack([np.interp(t, at, [s[k] for s in stops]) for k in range(3)], axis=-1)
+
+
 def test_heatmaps_have_axis_titles_named_layers_and_a_titled_colour_bar():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(12, 12))
@@ -133,23 +151,37 @@ def test_heatmaps_have_axis_titles_named_layers_and_a_titled_colour_bar():
         assert fig.layout.yaxis.title.text == "parameter index (row)"
         assert [t.split("<br>")[0] for t in fig.layout.xaxis.ticktext] == ["layer 1", "layer 2", "layer 3"]
         assert fig.layout.xaxis.ticktext[1].endswith("5–8")
-    heat = figs[-1].data[0]
-    assert heat.showscale and "entry" in heat.colorbar.title.text
-    assert figs[0].data[0].showscale is False  # one colour bar for the pair: the scale is shared
-    assert figs[0].data[0].zmax == figs[1].data[0].zmax
+        # one pixel per entry, row 0 at the top: the axes span the matrix's cells exactly
+        assert tuple(fig.layout.xaxis.range) == (-0.5, 11.5) and tuple(fig.layout.yaxis.range) == (11.5, -0.5)
     assert "relative error 25.0%" in figs[1].layout.title.text
-    # colours: 255 levels (one byte each) of the signed-log value sign(x) log10(1 + |x|/s), the middle one
-    # a zero entry; the colour bar's labels are entries' values: the largest tick maps back to a real magnitude
+    # one colour bar for the pair (the scale is shared), on the last panel, titled in words
+    assert len(figs[0].data) == 1 and len(figs[1].data) == 2
+    bar = figs[1].data[1].marker
+    assert bar.showscale and "entry" in bar.colorbar.title.text and (bar.cmin, bar.cmax) == (0, 254)
+    # colours: 255 levels of the signed-log value sign(x) log10(1 + |x|/s), s = 1e-4 of the first matrix's
+    # largest entry, on RdBu_r: a zero entry is the scale's middle (white), the largest its red end
     scale = float(np.abs(m).max()) * 1e-4
     zmax = max(np.log10(1 + np.abs(x) / scale).max() for x in (m, np.diag(np.diag(m))))
-    assert (heat.zmin, heat.zmax) == (0, 254) and np.asarray(heat.z).dtype == np.uint8
-    signed_log = np.sign(np.diag(np.diag(m))) * np.log10(1 + np.abs(np.diag(np.diag(m))) / scale)
-    np.testing.assert_allclose(np.asarray(heat.z, dtype=float) / 254 * 2 * zmax - zmax, signed_log, atol=zmax / 254)
-    assert np.asarray(heat.z)[0, 1] == 127  # off the diagonal: zero
-    np.testing.assert_allclose(np.asarray(heat.customdata), np.diag(np.diag(m)), rtol=1e-6)
-    level = max(heat.colorbar.tickvals)
+    for fig, shown in zip(figs, (m, np.diag(np.diag(m))), strict=True):
+        image = fig.data[0]
+        assert isinstance(image, go.Image) and "row %{y}, column %{x}" in image.hovertemplate
+        pixels = _decode(image.source)
+        assert pixels.shape == (12, 12, 3)
+        signed_log = np.sign(shown) * np.log10(1 + np.abs(shown) / scale)
+        expected = _rdbu_r((signed_log + zmax) / (2 * zmax))
+        assert np.abs(pixels - expected).max() <= 3  # a level is at most 1/254 of the scale: < 3 of 255
+    assert tuple(_decode(figs[1].data[0].source)[0, 1]) == tuple(np.rint(_rdbu_r(np.array(0.5))).astype(int))
+    biggest = np.unravel_index(np.abs(m).argmax(), m.shape)
+    assert tuple(_decode(figs[0].data[0].source)[biggest]) == (103, 0, 31)  # RdBu_r's last stop
+    # rows run down the image and columns across it: an entry above the diagonal is drawn above it
+    corner = np.zeros((3, 3))
+    corner[0, 2] = 1.0
+    pixels = _decode(fisher_panels({"upper": corner})[0].data[0].source)
+    assert tuple(pixels[0, 2]) == (103, 0, 31) and tuple(pixels[2, 0]) == tuple(pixels[1, 1])
+    # the colour bar's labels are entries' values: the largest tick maps back to a real magnitude
+    level = max(bar.colorbar.tickvals)
     k = level / 254 * 2 * zmax - zmax
-    assert float(heat.colorbar.ticktext[list(heat.colorbar.tickvals).index(level)]) == pytest.approx(
+    assert float(bar.colorbar.ticktext[list(bar.colorbar.tickvals).index(level)]) == pytest.approx(
         scale * (10**k - 1), rel=0.05)
 
 
