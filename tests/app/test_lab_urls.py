@@ -69,7 +69,7 @@ def test_bad_values_in_a_link_fall_back_to_the_defaults_with_a_message():
 def test_a_link_sets_widgets_outside_a_form():
     at = _open_with("kfac", {"kc-m": "4096", "kc-n": "4095"})
     assert not at.exception, at.exception
-    table = [df for df in at.dataframe if "memory" in df.value.columns][0].value
+    table = [df for df in at.table if "memory" in df.value.columns][0].value
     assert dict(zip(table["name"], table["memory"], strict=True))["K-FAC (A and G)"] == "134 MB"
 
 

@@ -35,7 +35,7 @@ def test_cost_lab_numbers_are_computed():
     at.number_input(key="kc-m").set_value(4096)
     at.number_input(key="kc-n").set_value(4095)  # with the bias: A is 4096 x 4096
     at = at.run()
-    table = [df for df in at.dataframe if "memory" in df.value.columns][0].value
+    table = [df for df in at.table if "memory" in df.value.columns][0].value
     row = dict(zip(table["name"], table["memory"], strict=True))
     _, kfac, _ = costs.layer_costs(4096, 4095)
     assert row["K-FAC (A and G)"] == costs.human_bytes(kfac.bytes) == "134 MB"
@@ -133,7 +133,7 @@ def test_cost_lab_shows_the_per_layer_cost_of_the_chosen_model():
     at.radio(key="kc-task").set_value("digits-cnn")
     at = at.run()
     assert not at.exception, at.exception
-    table = [df for df in at.dataframe if "A / G inverted by" in df.value.columns][0].value
+    table = [df for df in at.table if "A / G inverted by" in df.value.columns][0].value
     assert list(table["A"]) == [10, 145, 2049] and list(table["A / G inverted by"])[-1] == "woodbury / eigh"
     # the second convolution's statistics (16384 rows of 145) now outweigh the head, whose 2049-wide
     # factor is kept low-rank (tests/natgrad/test_costs.py counts both by hand)

@@ -23,7 +23,7 @@ def db(tmp_path, monkeypatch):
 
 
 def _table(at, column):
-    tables = [df.value for df in at.dataframe if column in df.value.columns]
+    tables = [df.value for df in at.table if column in df.value.columns]
     assert len(tables) == 1, f"{len(tables)} tables with a column {column!r}"
     return tables[0]
 

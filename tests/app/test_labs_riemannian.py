@@ -45,7 +45,7 @@ def _values(v) -> list:
 
 
 def _table(at, column):
-    tables = [df.value for df in at.dataframe if column in df.value.columns]
+    tables = [df.value for df in at.table if column in df.value.columns]
     assert len(tables) == 1
     return tables[0]
 

@@ -24,8 +24,8 @@ def db(tmp_path, monkeypatch):
 
 
 def _table(at, column):
-    """The one table with this column (AppTest's dataframes carry no key)."""
-    tables = [df.value for df in at.dataframe if column in df.value.columns]
+    """The one table with this column (AppTest's tables carry no key)."""
+    tables = [df.value for df in at.table if column in df.value.columns]
     assert len(tables) == 1, f"{len(tables)} tables with a column {column!r}"
     return tables[0]
 

@@ -123,7 +123,7 @@ def test_kfac_cost_calculator_at_a_million_by_a_million(db):
     at = at.run()
     assert not at.exception
     assert not [e.value for e in at.error if "lab stopped" in e.value]
-    table = next(df.value for df in at.dataframe if "entries" in df.value.columns)
+    table = next(df.value for df in at.table if "entries" in df.value.columns)
     rows = dict(zip(table["name"], table["entries"], strict=True))
     m, n = 1_000_000, 1_000_001  # n + 1: the bias column
     assert rows["exact Fisher block"] == f"{(m * n) ** 2:.3g}" == "1e+24"

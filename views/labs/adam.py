@@ -147,7 +147,7 @@ def _power_part() -> None:
         final = float(quadratic_loss(F, TOY_TARGET, p[-1, 0], p[-1, 1]))
         rows.append({"path": label, "steps taken": len(p) - 1, "final loss": f"{final:.3g}",
                      "status": "ok" if len(p) == s["steps"] + 1 else "left the plot (diverged)"})
-    st.dataframe(rows, hide_index=True, key="pw-table")
+    st.table(rows, hide_index=True)
     st.caption(
         "With uncorrelated inputs the −1 path is a straight line to the minimum whatever the scale: dividing by "
         "the curvature undoes it. The −1/2 path bends, and its stable learning rate depends on the scale of the "

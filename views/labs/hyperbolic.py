@@ -238,7 +238,7 @@ def hyperbolic_embedding(lab: Lab) -> None:
     fig = loss_figure(shown, "step", "embedding loss")
     fig.update_yaxes(title_text="embedding loss")
     chart(fig, "pe-loss")
-    st.dataframe(rows, hide_index=True, key="pe-table")
+    st.table(rows, hide_index=True)
     radam = trajs["Riemannian Adam"]
     st.caption(
         f"Riemannian Adam divides by the Riemannian norm of the gradient, $\\lVert g\\rVert_x = "

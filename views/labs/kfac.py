@@ -203,7 +203,7 @@ def _inversion_table(m: int, n: int) -> None:
             "how": "measured" if r.measured else f"extrapolated: {c:.3g} · d³ s"} for r in rows]
     out += [{"matrix": r.name, "size d": f"{r.size:,}", "seconds": costs.human_seconds(r.seconds),
              "how": "measured (point of the fit)"} for r in ladder]
-    st.dataframe(out, hide_index=True, key="kc-measured")
+    st.table(out, hide_index=True)
     if any(not r.measured for r in rows):
         fitted = sorted({r.size for r in rows + ladder if r.measured})
         st.caption(f"Sizes above {MEASURE_MAX} are not run here: their times are **extrapolated** from "
@@ -227,9 +227,9 @@ def kfac_cost(lab: Lab) -> None:
                      "invert FLOPs": f"{c.invert_flops:.3g}", "invert": c.invert_flops,
                      "apply FLOPs": f"{c.apply_flops:.3g}", "apply": c.apply_flops})
     # entries as text: the exact Fisher block of a 10^6 x 10^6 layer has ~10^24 of them, beyond a 64-bit column
-    st.dataframe([{k: _count(r[k]) if k == "entries" else r[k]
-                   for k in ("name", "entries", "memory", "invert FLOPs", "apply FLOPs")} for r in rows],
-                 hide_index=True)
+    st.table([{k: _count(r[k]) if k == "entries" else r[k]
+               for k in ("name", "entries", "memory", "invert FLOPs", "apply FLOPs")} for r in rows],
+             hide_index=True)
     log = st.toggle("log scale", value=True, key="kc-log", bind="query-params",
                     help="A log scale shows sizes that differ a million-fold side by side but makes a 4x "
                          "difference look small; switch it off to compare bar heights directly.")
@@ -262,9 +262,9 @@ def model_costs(log: bool = True) -> None:
     task = st.radio("model", list(TASK_CHOICES), format_func=TASK_CHOICES.get, key="kc-task", bind="query-params", horizontal=False,
                     help="One of the models the K-FAC training lab trains.")
     rows = _model_costs(task)
-    st.dataframe([{"layer": r["layer"], "A": r["A"], "G": r["G"], "rows per batch": r["rows"],
-                   "A / G inverted by": r["inverted"], "memory": r["memory"],
-                   "FLOPs per step": f"{r['per_step']:.3g}"} for r in rows], hide_index=True)
+    st.table([{"layer": r["layer"], "A": r["A"], "G": r["G"], "rows per batch": r["rows"],
+               "A / G inverted by": r["inverted"], "memory": r["memory"],
+               "FLOPs per step": f"{r['per_step']:.3g}"} for r in rows], hide_index=True)
     chart(layer_cost_figure(rows, log=log), "kc-layers")
     top = max(rows, key=lambda r: r["per_step"])
     st.caption(f"The most expensive layer is {top['layer']}: {top['per_step'] / sum(r['per_step'] for r in rows):.0%} "

@@ -84,9 +84,9 @@ def preconditioner_lab(lab: Lab) -> None:
     at = measures[i]
     st.markdown(f"**At step {step}** (training loss {loss:.3f}), λ = {s['lam']:g}:")
     chart(comparison_figure(at), "pc-fig-compare")
-    st.dataframe([{"method": name, "cosine": f"{m.cosine:.4f}", "relative error": f"{m.relative_error:.4f}",
-                   "condition number": f"{m.condition_number:.3g}" if math.isfinite(m.condition_number) else "∞"}
-                  for name, m in at.items()], hide_index=True, key="pc-table")
+    st.table([{"method": name, "cosine": f"{m.cosine:.4f}", "relative error": f"{m.relative_error:.4f}",
+               "condition number": f"{m.condition_number:.3g}" if math.isfinite(m.condition_number) else "∞"}
+              for name, m in at.items()], hide_index=True)
     with st.expander("Eigenvalues of P(F + λI), divided by their median"):
         chart(spectrum_figure(at), "pc-fig-spectrum")
     st.markdown("**Along training** (the same λ and statistics; one line per method):")

@@ -126,7 +126,7 @@ def optimizer_race(lab: Lab) -> None:
     chart(race_figure(shown, TASK_NAMES.get(s["task"], s["task"])), "race-fig")
     c1, c2 = st.columns([1, 2])
     chart(step_time_figure({n: 1e3 * seconds_per_step(t) for n, t in trajs.items()}), "race-times", c1)
-    c2.dataframe(_break_even_rows(trajs), hide_index=True, key="race-table")
+    c2.table(_break_even_rows(trajs), hide_index=True)
     if batch is not None:
         st.caption("With mini-batches the curves are the loss on all digits, evaluated about 50 times per run "
                    "(evaluation time not counted).")

@@ -183,7 +183,7 @@ def stiefel_practice(lab: Lab) -> None:
     runs = {label: (t.step, list(t.extras.get("objective", [])), list(t.extras.get("orthogonality error", [])))
             for label, t in shown.items()}
     chart(stiefel_figure(runs, best), "st-fig")
-    st.dataframe(_stiefel_rows({k: v for k, v in trajs.items() if v.step}, best), hide_index=True, key="st-table")
+    st.table(_stiefel_rows({k: v for k, v in trajs.items() if v.step}, best), hide_index=True)
     plain = trajs["Adam (plain, ignores QᵀQ = I)"]
     proj = trajs["projected Adam (Adam, then re-orthonormalise)"]
     plain_obj = plain.extras.get("objective", [math.nan])[-1]

@@ -101,9 +101,9 @@ def why_quarter(lab: Lab) -> None:
     c1, c2 = st.columns(2)
     chart(loss_figure(pick["digits"], "step", "digits autoencoder"), "wq-fig-digits", c1)
     chart(loss_figure(pick["quad"], "step", "Kronecker quadratic"), "wq-fig-quad", c2)
-    st.dataframe([{"run": label, "digits: final loss": f"{digits[label].final_loss:.4g}",
-                   "quadratic: final loss": f"{quad[label].final_loss:.4g}"} for label in digits],
-                 hide_index=True, key="wq-table")
+    st.table([{"run": label, "digits: final loss": f"{digits[label].final_loss:.4g}",
+               "quadratic: final loss": f"{quad[label].final_loss:.4g}"} for label in digits],
+             hide_index=True)
     cond = kron_quadratic(**quad_options).condition_number()
     quarter, half = quad["exponent -1/4"].final_loss, quad["exponent -1/2"].final_loss
     st.caption(
@@ -165,7 +165,7 @@ def shampoo_vs_kfac(lab: Lab) -> None:
         rows.append({"optimizer": label, "final loss": f"{t.final_loss:.4g}",
                      "step reaching Adam's final loss": "not reached" if step is None else str(step),
                      "seconds to reach it": "not reached" if secs is None else f"{secs:.2f}"})
-    st.dataframe(rows, hide_index=True, key="sk-table")
+    st.table(rows, hide_index=True)
     st.caption(f"Adam's final loss is {target:.4g}. Times are wall clock on this device, measured step by step "
                "while other sessions may share the machine.")
 
@@ -196,7 +196,7 @@ def shampoo_memory(lab: Lab) -> None:
     gpus = int(c3.number_input("GPUs", min_value=1, max_value=256, value=4, step=1, key="sm-gpus", bind="query-params",
                                help="How many GPUs share the blocks (a block is never split between them)."))
     rows = _memory_rows(m, n, dtype, None, "unblocked") + _memory_rows(m, n, dtype, block, f"blocks of {block}")
-    st.dataframe(rows, hide_index=True, key="sm-table")
+    st.table(rows, hide_index=True)
     totals = [r for r in rows if r["matrix"] == "total"]
     log = st.toggle("log scale", value=False, key="sm-log", bind="query-params",
                     help="A log scale shows sizes that differ a million-fold side by side but makes a 4x "

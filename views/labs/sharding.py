@@ -148,12 +148,12 @@ def _show(res: ShardingResult) -> None:
          "communication": [r["comm_seconds"] for r in reports], "everything else": other},
         "time per rank in the training loop", "seconds",
         text=[f"{r['seconds']:.2f} s" for r in reports]), "sh-time", f2)
-    st.dataframe([{"rank": r["rank"], "blocks owned": len(r["blocks"]),
-                   "largest block": _largest(r["blocks"]),
-                   "bytes": r["preconditioner_bytes"], "memory": costs.human_bytes(r["preconditioner_bytes"]),
-                   "share of single process": f"{r['preconditioner_bytes'] / res.reference_bytes:.1%}",
-                   "root seconds": f"{r['root_seconds']:.3f}", "communication seconds": f"{r['comm_seconds']:.3f}"}
-                  for r in reports], hide_index=True, key="sh-table")
+    st.table([{"rank": r["rank"], "blocks owned": len(r["blocks"]),
+               "largest block": _largest(r["blocks"]),
+               "bytes": r["preconditioner_bytes"], "memory": costs.human_bytes(r["preconditioner_bytes"]),
+               "share of single process": f"{r['preconditioner_bytes'] / res.reference_bytes:.1%}",
+               "root seconds": f"{r['root_seconds']:.3f}", "communication seconds": f"{r['comm_seconds']:.3f}"}
+              for r in reports], hide_index=True)
     st.caption("Communication counts the gradient all-reduce and the direction all-gather, including time spent "
                "waiting for slower ranks. On a shared CPU the ranks also compete for cores, so times vary run "
                "to run; the memory split does not.")
