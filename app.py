@@ -67,7 +67,8 @@ def sidebar(lessons: list[Lesson]) -> None:
         # the device is named once the warm-up has imported torch (the server's first page does not wait)
         st.caption(f"Labs run on: **{device_label()}**" if not labs.warming() else
                    "Labs run on: the device is being detected (shown on the next page)")
-        st.html(widgets.remember_script(name), unsafe_allow_javascript=True, width="content")
+        # (one element for both scripts: each st.html takes a row of the sidebar)
+        st.html(widgets.remember_script(name) + style.prefetch_script(), unsafe_allow_javascript=True, width="content")
 
 
 def main() -> None:

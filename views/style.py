@@ -9,6 +9,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
+
+import streamlit
 import streamlit as st
 
 CSS = """
@@ -19,6 +24,7 @@ CSS = """
    scroll sideways: keep it a 1-pixel box, as screen-reader-only text is */
 .katex .katex-mathml { width: 1px !important; height: 1px !important; overflow: hidden !important; }
 [data-testid="stMarkdownContainer"] table { display: block; max-width: 100%; overflow-x: auto; }
+[data-testid="stTable"] { max-width: 100%; overflow-x: auto; }
 [data-testid="stMarkdownContainer"] pre, [data-testid="stCode"] pre { max-width: 100%; overflow-x: auto; }
 [data-testid="stMarkdownContainer"] { overflow-wrap: anywhere; }
 /* labels wrap instead of being cut off with an ellipsis */
@@ -51,3 +57,36 @@ CSS = """
 def inject() -> None:
     """Add the style rules to the page (call once per run, before the page draws)."""
     st.html(CSS)
+
+
+# Streamlit's front end loads the code that draws plotly figures (4.7 MB of JavaScript) and tables only when a
+# page first shows one; compiling it added about a second to the first lab page a learner opened. Once any page
+# has settled, the browser imports those chunks while it is idle, so a lab page reached from the sidebar finds
+# them ready. The chunks are found by name in the installed Streamlit; if a release renames them, nothing is
+# prefetched and nothing else changes (tests/browser/test_browser.py checks that both are found).
+CHUNKS = ("PlotlyChart", "DataFrame")
+
+
+def _static_js() -> Path:
+    return Path(streamlit.__file__).parent / "static" / "static" / "js"
+
+
+@functools.cache
+def chunk_files() -> tuple[str, ...]:
+    """The file names of the front-end chunks in :data:`CHUNKS` that this Streamlit ships (one each)."""
+    found = []
+    for name in CHUNKS:
+        files = sorted(p.name for p in _static_js().glob(f"{name}.*.js"))
+        if len(files) == 1:
+            found.append(files[0])
+    return tuple(found)
+
+
+def prefetch_script() -> str:
+    """A script that, once the browser is idle, imports the chunks of :func:`chunk_files` (relative to the
+    address of Streamlit's own main script), once per tab."""
+    files = json.dumps(list(chunk_files()))
+    return ("<script>(() => { if (window.__courseChunks) return; window.__courseChunks = true;"
+            " const main = document.querySelector('script[src*=\"/static/js/index.\"]'); if (!main) return;"
+            f" const load = () => {files}.forEach(f => import(new URL(f, main.src).href).catch(() => {{}}));"
+            " (window.requestIdleCallback || (f => setTimeout(f, 2000)))(load, {timeout: 5000}); })();</script>")

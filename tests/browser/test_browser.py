@@ -154,3 +154,24 @@ def test_riemannian_labs_draw_in_the_real_browser(server, page):
     disk = page.locator('[data-testid="stPlotlyChart"]:visible').filter(has=page.locator(".slider-container"))
     disk.first.wait_for(timeout=30_000)  # the Poincare disk, animated with a slider
     page.screenshot(path=str(server["db"].parent / "riemannian.png"))
+
+
+def test_the_home_page_prefetches_the_figure_and_table_code_once_idle(server, page):
+    """After the home page (which draws no figure) has settled, the browser fetches the front-end chunks that
+    draw plotly figures and tables; a lab page reached from the sidebar then draws its figures without
+    fetching them again."""
+    from views.style import CHUNKS, chunk_files
+
+    assert [f.split(".")[0] for f in chunk_files()] == list(CHUNKS)  # this Streamlit ships each chunk once
+    page.goto(f"{server['url']}/")
+    settle(page)
+    fetched = "() => performance.getEntriesByType('resource').map(e => e.name.split('/').pop())"
+    page.wait_for_function(f"() => ({fetched})().filter(n => {list(chunk_files())!r}.includes(n)).length == 2",
+                           timeout=30_000)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 0  # nothing on home needed them
+    before = page.evaluate(fetched)
+    page.locator('[data-testid="stSidebarNav"] a[href$="/kfac"]').first.click()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length > 0",
+                           timeout=60_000)
+    again = [n for n in page.evaluate(fetched)[len(before):] if n in chunk_files()]
+    assert again == []
