@@ -5,6 +5,7 @@
     python scripts/app_timing.py --fresh          # without the shipped opening results: real training
     python scripts/app_timing.py --no-labs --repeat 3   # pages only, each visited 3 times (median too)
     python scripts/app_timing.py --no-labs --links      # and reached from the sidebar, as a learner does
+    python scripts/app_timing.py --no-labs --cold       # and each opened in a fresh browser (empty cache)
 
 Starts ``streamlit run app.py`` headless on 127.0.0.1 (a free port) and drives
 Debian's Chromium (``/usr/bin/chromium``) with the playwright package. A page
@@ -12,7 +13,8 @@ Debian's Chromium (``/usr/bin/chromium``) with the playwright package. A page
 from the start of navigation (a full load of the page's address) to its last change (charts are drawn after
 the run that sent them has ended); with
 ``--links`` pages are also reached by clicking their sidebar link, the app staying loaded,
-timed from the click. For every lab form the
+timed from the click; with ``--cold`` each page is also opened in a fresh browser context (an empty
+cache: a learner's first visit to the course, or a shared link opened for the first time). For every lab form the
 submit button is pressed twice at the form's opening settings: the first
 press is the learner's first run (served from the shipped results unless
 ``--fresh``), the second the cached rerun; each is timed from the click to the
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="visit every page this many times (after its labs) and report the median too")
     parser.add_argument("--links", action="store_true",
                         help="then reach every page from its sidebar link (--repeat times), the app staying loaded")
+    parser.add_argument("--cold", action="store_true",
+                        help="then open every page (--repeat times) in a fresh browser context: an empty cache")
     args = parser.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
@@ -208,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     pages, labs = [], []
     visits: dict[str, list[float]] = {}  # page -> settle time of each visit
     clicks: dict[str, list[float]] = {}  # page -> settle time after each click on its sidebar link
+    cold: dict[str, list[float]] = {}  # page -> settle time in a fresh browser context
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -230,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.links:  # the same pages reached from the sidebar, as a learner moves through the course
                 for path in ["home", "progress", *slugs] * args.repeat:
                     clicks.setdefault(path, []).append(follow_link(page, url, path))
+            if args.cold:  # a new context has its own, empty, cache: nothing compiled or stored yet
+                for path in ["home", "progress", *slugs] * args.repeat:
+                    fresh = browser.new_context(viewport={"width": 1400, "height": 1000})
+                    fresh.add_init_script(OBSERVER)
+                    tab = fresh.new_page()
+                    tab.set_default_timeout(TIMEOUT_S * 1e3)
+                    cold.setdefault(path, []).append(open_page(tab, address(url, path)))
+                    fresh.close()
             browser.close()
     finally:
         stop_server(proc)
@@ -242,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     if clicks:
         print(f"\n{'page reached by its sidebar link':<48} median of {args.repeat}  (each)")
         for name, seen in clicks.items():
+            print(f"{name:<48} {statistics.median(seen):8.2f}  ({', '.join(f'{v:.2f}' for v in seen)})")
+    if cold:
+        print(f"\n{'page opened in a fresh browser (empty cache)':<48} median of {args.repeat}  (each)")
+        for name, seen in cold.items():
             print(f"{name:<48} {statistics.median(seen):8.2f}  ({', '.join(f'{v:.2f}' for v in seen)})")
     if labs:
         what = "first run (training)" if args.fresh else "first run (opening settings)"
