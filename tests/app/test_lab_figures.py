@@ -11,6 +11,7 @@ import json
 import re
 import sqlite3
 
+import numpy as np
 import pytest
 
 from course.lessons import load_lessons
@@ -138,6 +139,10 @@ def test_prediction_saved_captions_shown_previous_run_overlaid_and_results_downl
     assert all(t["line"]["dash"] == "dash" for t in previous)
     assert [len(t["x"]) for t in previous] == [10, 10] and len(traces[0]["x"]) == 20
     assert any("changed since: steps 10 → 20" in c.value for c in at.caption)
+    # the download buttons are drawn once their expander is opened
+    assert not at.get("download_button")
+    at.session_state["simplex-natural-gradient-downloads"] = True
+    at = at.run()
     names = [b.proto.label for b in at.get("download_button")]
     assert "the runs, step by step (CSV)" in names and any(n.endswith("(HTML)") for n in names)
 
@@ -156,3 +161,57 @@ def test_a_failed_sharded_run_leaves_no_progress_bar(db, monkeypatch):
     bars = [p for p in at.get("progress") if re.search(r"step \d+/\d+|Starting", str(p.proto))]
     assert not bars, "a progress bar stayed under the error"
 
+
+
+def _fisher_lab_csv() -> None:
+    """A script: the Fisher-blocks lab drawn alone, then the CSV its download would give, as code."""
+    import streamlit as st
+
+    from course.lessons import load_lessons
+    from views.labs import figures, kfac
+
+    lab = next(x for lesson in load_lessons() for x in lesson.labs if x.id == "fisher-blocks")
+    st.session_state["fb-step"] = 0  # the random starting weights: the matrices are quick to recompute
+    with figures.lab_context(lab) as state:
+        kfac.fisher_blocks(lab)
+    st.code(figures.figures_csv(state.figures, state.matrices), language=None)
+
+
+def test_the_fisher_heatmaps_download_every_entry(db):
+    """The heatmaps are images (their colours carry no numbers): the lab's CSV still holds every entry
+    of the three matrices, equal to natgrad's Fisher snapshot at the same weights."""
+    import csv
+    import io
+
+    from natgrad.snapshots import fisher_snapshot
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_fisher_lab_csv, default_timeout=120).run()
+    assert not at.exception, at.exception
+    rows = list(csv.reader(io.StringIO(at.code[-1].value)))
+    assert rows[0] == ["figure", "trace", "x", "y", "z"]
+    snap = fisher_snapshot(train_steps=0)
+    for name, matrix in snap.matrices.items():
+        key = {"exact Fisher": "fb-fig-exact", "block diagonal": "fb-fig-blocks", "K-FAC": "fb-fig-kfac"}[name]
+        mine = [r for r in rows[1:] if r[0] == key]
+        assert len(mine) == matrix.size  # one row per entry, none for the colour bar's empty trace
+        got = np.zeros(matrix.shape)
+        for _, trace, x, y, z in mine:
+            assert trace == name
+            got[int(float(y)), int(float(x))] = float(z)
+        np.testing.assert_allclose(got, matrix, rtol=1e-6, atol=1e-7 * np.abs(matrix).max())
+
+
+def test_the_numbers_behind_a_line_figure_are_its_points():
+    import csv
+    import io
+
+    import plotly.graph_objects as go
+
+    from views.labs.figures import figures_csv
+
+    fig = go.Figure([go.Scatter(x=[0, 1, 2], y=[3.0, 2.5, 0.125], name="Adam"),
+                     go.Scatter(x=[0, 5], y=[1e-9, 7.0], name="K-FAC")])
+    rows = list(csv.reader(io.StringIO(figures_csv({"loss": fig}))))
+    assert rows == [["figure", "trace", "x", "y"], ["loss", "Adam", "0", "3.0"], ["loss", "Adam", "1", "2.5"],
+                    ["loss", "Adam", "2", "0.125"], ["loss", "K-FAC", "0", "1e-09"], ["loss", "K-FAC", "5", "7.0"]]

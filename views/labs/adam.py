@@ -91,8 +91,8 @@ def _block_view(snap) -> None:
     n_weights = F.shape[0] - 10  # the 10 x 32 weights, then the 10 biases
     panels = fisher_panels({"true Fisher of the output layer": F, "its diagonal": diag}, {"its diagonal": off},
                            boundaries=[n_weights], layer_names=["weights", "biases"])
-    for col, key, fig in zip(st.columns(2), ("af-layer", "af-layer-diag"), panels, strict=True):
-        chart(fig, key, col)
+    for col, key, fig, m in zip(st.columns(2), ("af-layer", "af-layer-diag"), panels, (F, diag), strict=True):
+        chart(fig, key, col, matrix=m)
     st.caption(
         f"Rows and columns: the 10 x 32 weights (row by row), then the 10 biases. Keeping only the diagonal "
         f"drops {off:.0%} of this block's Frobenius norm: the correlations between weights that a diagonal "

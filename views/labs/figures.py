@@ -31,6 +31,7 @@ from natgrad.viz import PREVIOUS
 class _LabState:
     lab: Lab
     figures: dict[str, go.Figure] = field(default_factory=dict)  # key -> figure, in drawing order
+    matrices: dict[str, np.ndarray] = field(default_factory=dict)  # key -> the matrix a figure shows as an image
     runs: dict[str, object] = field(default_factory=dict)  # label -> Trajectory (or anything with step/loss)
 
 
@@ -60,9 +61,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
 
 
-def chart(fig: go.Figure, key: str, where=None) -> None:
+def chart(fig: go.Figure, key: str, where=None, *, matrix: np.ndarray | None = None) -> None:
     """Draw ``fig`` (in ``where``, a column or tab; default the page) with the lesson's caption for
-    ``key`` under it, and record it for the lab's downloads."""
+    ``key`` under it, and record it for the lab's downloads. ``matrix``: the values a figure shows as
+    an image (a Fisher heatmap's colours carry no numbers), for the CSV of the numbers behind it."""
     where = where if where is not None else st
     filename = _slug(key)
     where.plotly_chart(fig, key=key, config={"displaylogo": False,
@@ -72,6 +74,8 @@ def chart(fig: go.Figure, key: str, where=None) -> None:
     if state is None:
         return
     state.figures[key] = fig
+    if matrix is not None:
+        state.matrices[key] = np.asarray(matrix)
     if text := state.lab.caption(key):
         where.caption(f":material/visibility: {text}")
 
@@ -118,15 +122,20 @@ def _title(fig: go.Figure, key: str) -> str:
     return re.sub(r"<[^>]+>", " ", text).strip()
 
 
-def figures_csv(figures: Mapping[str, go.Figure]) -> str:
-    """The numbers behind the figures: one row per drawn point (a heatmap cell: x = column,
-    y = row, z = the entry's value), named by figure and trace."""
+def figures_csv(figures: Mapping[str, go.Figure], matrices: Mapping[str, np.ndarray] | None = None) -> str:
+    """The numbers behind the figures: one row per drawn point, named by figure and trace. A
+    figure with a matrix in ``matrices`` (drawn as an image) gives one row per entry: x = column,
+    y = row, z = the entry's value, under the image's name."""
+    matrices = matrices or {}
     rows = []
     for key, fig in figures.items():
         for i, t in enumerate(fig.data):
             name = t.name or f"trace {i + 1}"
-            if t.type == "heatmap":
-                z = np.asarray(t.customdata if t.customdata is not None else t.z, dtype=float)
+            if t.type in ("heatmap", "image"):
+                z = matrices.get(key) if t.type == "image" else t.customdata if t.customdata is not None else t.z
+                if z is None:
+                    continue
+                z = np.asarray(z, dtype=float)
                 for r in range(z.shape[0]):
                     rows += [[key, name, c, r, z[r, c], None, None, None] for c in range(z.shape[1])]
                 continue
@@ -134,6 +143,8 @@ def figures_csv(figures: Mapping[str, go.Figure]) -> str:
             for f in _FIELDS:
                 v = getattr(t, f, None)
                 cols.append(None if v is None or isinstance(v, str) else list(np.asarray(v, dtype=object).ravel()))
+            if all(v is None for c in cols if c is not None for v in c):
+                continue  # nothing drawn: a trace that only carries a colour bar
             n = max((len(c) for c in cols if c is not None), default=0)
             for j in range(n):
                 rows.append([key, name, *[c[j] if c is not None and j < len(c) else None for c in cols]])
@@ -153,12 +164,17 @@ def figure_html(fig: go.Figure) -> str:
 
 def downloads() -> None:
     """At the end of a lab: its runs (CSV), the numbers behind its figures (CSV) and each figure
-    (HTML). Files are made only when a button is pressed."""
+    (HTML). The buttons are drawn only once the expander is opened (opening it reruns the lab), and
+    files are made only when a button is pressed."""
     state = _state()
     if state is None or not state.figures:
         return
     lab = state.lab
-    with st.expander("Download this lab's results", icon=":material/download:"):
+    box = st.expander("Download this lab's results", icon=":material/download:", key=f"{lab.id}-downloads",
+                      on_change="rerun")
+    if not box.open:
+        return
+    with box:
         cols = st.columns(2)
         if state.runs:
             runs = dict(state.runs)
@@ -167,8 +183,8 @@ def downloads() -> None:
                                     icon=":material/table:",
                                     help="One row per step of every run: loss, seconds and what the optimizer "
                                          "recorded.")
-        figures = dict(state.figures)
-        cols[1].download_button("the numbers behind the figures (CSV)", data=lambda: figures_csv(figures),
+        figures, matrices = dict(state.figures), dict(state.matrices)
+        cols[1].download_button("the numbers behind the figures (CSV)", data=lambda: figures_csv(figures, matrices),
                                 on_click="ignore", file_name=f"{lab.id}-figures.csv", mime="text/csv",
                                 key=f"{lab.id}-dl-figdata", icon=":material/table:",
                                 help="One row per point drawn, named by figure and curve.")

@@ -47,7 +47,7 @@ def fisher_blocks(lab: Lab) -> None:
     names = [f"layer {i + 1}" for i in range(len(snap.boundaries) + 1)]
     for col, (name, fig) in zip(st.columns(len(snap.matrices)), zip(snap.matrices, fisher_panels(
             snap.matrices, snap.errors, snap.boundaries, names), strict=True), strict=True):
-        chart(fig, f"fb-fig-{_KEYS.get(name, name)}", col)
+        chart(fig, f"fb-fig-{_KEYS.get(name, name)}", col, matrix=snap.matrices[name])
     c1, c2, c3 = st.columns(3)
     c1.metric("training loss", f"{snap.train_loss:.3f}")
     c2.metric("block diagonal vs exact", f"{snap.errors['block diagonal']:.1%}")
