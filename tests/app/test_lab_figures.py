@@ -183,8 +183,9 @@ def test_the_fisher_heatmaps_download_every_entry(db):
     import csv
     import io
 
-    from natgrad.snapshots import fisher_snapshot
     from streamlit.testing.v1 import AppTest
+
+    from natgrad.snapshots import fisher_snapshot
 
     at = AppTest.from_function(_fisher_lab_csv, default_timeout=120).run()
     assert not at.exception, at.exception
