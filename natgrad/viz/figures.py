@@ -120,17 +120,21 @@ def _layer_ticks(size: int, boundaries: Sequence[int], layer_names: Sequence[str
 COLORSCALE = "RdBu_r"
 
 
-def _png(rgb: np.ndarray) -> bytes:
-    """An 8-bit RGB PNG file of an (h, w, 3) uint8 array: rows unfiltered, deflated by zlib."""
-    h, w, _ = rgb.shape
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, 3 * w)], axis=1)  # filter byte 0: none
+def _png(levels: np.ndarray, palette: np.ndarray) -> bytes:
+    """An 8-bit indexed-colour PNG file: pixel (i, j) has colour ``palette[levels[i, j]]``.
+
+    ``levels``: (h, w) uint8; ``palette``: (n, 3) uint8, n <= 256. One byte a pixel instead of RGB's three:
+    the exact Fisher of the K-FAC lab (444 x 444) takes 145 kB instead of 231 kB. Rows unfiltered, deflated by zlib.
+    """
+    h, w = levels.shape
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), levels.astype(np.uint8)], axis=1)  # filter byte 0: none
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits per channel, colour type 2: RGB
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0)  # 8 bits per pixel, colour type 3: palette
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", palette.astype(np.uint8).tobytes())
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
 
 
 def _palette() -> np.ndarray:
@@ -144,11 +148,11 @@ def _heatmap(m: np.ndarray, scale: float, zmax: float, showscale: bool, name: st
     an empty scatter that carries the shared colour bar.
 
     A 444 x 444 plotly heatmap made the browser colour 197,000 cells one by one and carry their hover
-    values: the K-FAC page's three of them took about 1 s to draw. The browser decodes a PNG (a few
-    hundred kB) at once; the hover names the row and column, the colour bar the value.
+    values: the K-FAC page's three of them took about 1 s to draw. The browser decodes a PNG (indexed
+    colours: 145 kB for that matrix) at once; the hover names the row and column, the colour bar the value.
     """
     levels = _level(np.sign(m) * np.log10(1 + np.abs(m) / scale), zmax)
-    source = "data:image/png;base64," + base64.b64encode(_png(_palette()[levels])).decode("ascii")
+    source = "data:image/png;base64," + base64.b64encode(_png(levels, _palette())).decode("ascii")
     traces = [go.Image(source=source, name=name, hovertemplate="row %{y}, column %{x}<extra></extra>")]
     if showscale:
         traces.append(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",

@@ -173,6 +173,9 @@ def test_heatmaps_have_axis_titles_named_layers_and_a_titled_colour_bar():
     assert tuple(_decode(figs[1].data[0].source)[0, 1]) == tuple(np.rint(_rdbu_r(np.array(0.5))).astype(int))
     biggest = np.unravel_index(np.abs(m).argmax(), m.shape)
     assert tuple(_decode(figs[0].data[0].source)[biggest]) == (103, 0, 31)  # RdBu_r's last stop
+    # an indexed-colour image (one byte a pixel, the 255 levels in its palette), not RGB's three bytes a pixel
+    image = Image.open(io.BytesIO(base64.b64decode(figs[0].data[0].source.split(",", 1)[1])))
+    assert image.mode == "P" and len(image.getpalette()) // 3 == 255
     # rows run down the image and columns across it: an entry above the diagonal is drawn above it
     corner = np.zeros((3, 3))
     corner[0, 2] = 1.0
