@@ -14,7 +14,8 @@ from the start of navigation (a full load of the page's address) to its last cha
 the run that sent them has ended); with
 ``--links`` pages are also reached by clicking their sidebar link, the app staying loaded,
 timed from the click; with ``--cold`` each page is also opened in a fresh browser context (an empty
-cache: a learner's first visit to the course, or a shared link opened for the first time). For every lab form the
+cache: a learner's first visit to the course, or a shared link opened for the first time), no other
+tab of the course being open. For every lab form the
 submit button is pressed twice at the form's opening settings: the first
 press is the learner's first run (served from the shipped results unless
 ``--fresh``), the second the cached rerun; each is timed from the click to the
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from course.lessons import load_lessons
 
     slugs = args.pages or [x.slug for x in load_lessons()]
+    own = ["home", "progress", "notation"]  # the course's own pages, before the lessons
     proc, url = start_server(args.fresh)
     pages, labs = [], []
     visits: dict[str, list[float]] = {}  # page -> settle time of each visit
@@ -222,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             page.set_default_timeout(TIMEOUT_S * 1e3)
             first = open_page(page, address(url, "home"))  # the server imports torch and the course on its first page
             pages.append(("home (first page of the server)", first))
-            for path in ["home", "progress", *slugs]:
+            for path in [*own, *slugs]:
                 pages.append((path, open_page(page, address(url, path))))
                 print(f"page {path}: settled in {pages[-1][1]:.2f} s", flush=True)
-                if not args.no_labs and path not in ("home", "progress"):
+                if not args.no_labs and path not in own:
                     for name, button in lab_forms(page):
                         first_run = press(page, button)
                         rerun = press(page, button)
@@ -233,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  lab {name}: first run {first_run:.2f} s, rerun {rerun:.2f} s", flush=True)
                 visits[path] = [pages[-1][1]] + [open_page(page, address(url, path)) for _ in range(args.repeat - 1)]
             if args.links:  # the same pages reached from the sidebar, as a learner moves through the course
-                for path in ["home", "progress", *slugs] * args.repeat:
+                for path in [*own, *slugs] * args.repeat:
                     clicks.setdefault(path, []).append(follow_link(page, url, path))
             if args.cold:  # a new context has its own, empty, cache: nothing compiled or stored yet
-                for path in ["home", "progress", *slugs] * args.repeat:
+                context.close()  # and no other tab of the course is open: a learner's first visit
+                for path in [*own, *slugs] * args.repeat:
                     fresh = browser.new_context(viewport={"width": 1400, "height": 1000})
                     fresh.add_init_script(OBSERVER)
                     tab = fresh.new_page()
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{'lab form':<72} {what:>28} {'cached rerun':>13}")
         for name, a, b in labs:
             print(f"{name[:72]:<72} {a:28.2f} {b:13.2f}")
-    lesson_pages = [s for n, s in pages[1:] if n not in ("home", "progress")]
+    lesson_pages = [s for n, s in pages[1:] if n not in own]
     if lesson_pages:
         print(f"\nslowest lesson page {max(lesson_pages):.2f} s; "
               + (f"slowest lab first run {max(a for _, a, _ in labs):.2f} s, slowest rerun "
