@@ -15,6 +15,10 @@ Two ways to drive it::
         loss.backward()
         opt.step()                       #    or opt.step(closure) to measure rho and reject bad steps
 
+``step(x, y)`` records the model only inside its own steps, so other uses of the model between them
+(evaluation, another library's backward pass) neither cost nor change anything. Switching from it to
+the loop, the first ``step()`` says that it saw no pass; the passes after it are recorded.
+
 Helpers: :mod:`~natgrad.optim.kfac.capture` (hooks), :mod:`~natgrad.optim.kfac.layers`
 (layers, factors), :mod:`~natgrad.optim.kfac.linalg` (damped inverses),
 :mod:`~natgrad.optim.kfac.quadratic` (exact-Fisher quadratic model),
@@ -297,11 +301,15 @@ class KFAC(UpdateMixin, torch.optim.Optimizer):
         return loss_val
 
     def _loop_step(self, closure) -> float | None:
-        self.capture.listening = True
+        was_listening, self.capture.listening = self.capture.listening, True
         records = [r for r in self.capture.take() if r.backward]
         if self.likelihood == "auto":
             raise ValueError("K-FAC in an ordinary loop does not see the targets: pass likelihood='softmax' "
                              "(cross-entropy on logits) or likelihood='gaussian' (squared error) to KFAC(...)")
+        if not records and not was_listening:  # step(x, y) ignores the model's other passes between its steps
+            raise RuntimeError("K-FAC did not record this forward pass: after step(inputs, targets) it records "
+                               "the model only inside its own steps. It records again from now on: run the forward "
+                               "and backward pass again, then step()")
         if not records:
             raise RuntimeError("step() without a batch needs loss.backward() on a loss of the model's output "
                                "first (or call step(inputs, targets))")

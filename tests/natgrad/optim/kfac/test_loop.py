@@ -134,3 +134,27 @@ def test_forward_passes_outside_step_do_not_disturb_a_batch_user():
     assert torch.equal(opt.generator.get_state(), ref.generator.get_state())
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_loop_step_after_batch_steps_says_why_and_then_works():
+    """step(x, y) stops recording the model between its steps (previous test), so the first loop step
+    after it has nothing recorded: it says so, and the next forward and backward pass is a loop step
+    equal to step(x, y) on that batch (same factors, same sampled targets, same update)."""
+    (x0, y0), (x, y) = _batches(2)
+    model, twin = mlp((4, 6, 3), seed=0), mlp((4, 6, 3), seed=0)
+    hp = dict(likelihood="softmax", adaptive_damping=False, curvature_examples=None)
+    opt, ref = KFAC(model, **hp), KFAC(twin, **hp)
+    opt.step(x0, y0)
+    ref.step(x0, y0)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(RuntimeError, match=r"after step\(inputs, targets\).*run the forward and backward pass again"):
+        opt.step()
+    assert opt.steps == ref.steps == 1
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    ref.step(x, y)
+    assert opt.steps == 2
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
