@@ -249,7 +249,7 @@ OPTIMIZERS: dict[str, OptimizerBuilder] = {
     "shampoo": _shampoo,
     "soap": _soap,
     "muon": _muon,
-    "riemannian-sgd": _riemannian_sgd,  # geoopt; the natural gradient on the Fisher-Rao simplex
+    "riemannian-sgd": _riemannian_sgd,  # geoopt's, momentum from the Riemannian gradient; natural gradient on the simplex
     "riemannian-adam": _riemannian_adam,  # geoopt (Becigneul & Ganea 2019)
     "projected-sgd": _projected_sgd,  # Euclidean step, then back onto the manifold
     "projected-adam": _projected_adam,

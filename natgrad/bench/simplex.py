@@ -4,7 +4,7 @@ Task ``simplex-kl``: fit a categorical :math:`p` on 3 outcomes to a target :math
 minimising :math:`\mathrm{KL}(q\,\|\,p)`, from the uniform distribution, in float64.
 
 1. Targets: a fixed list of distributions away from the start (:func:`protocol`).
-2. Natural gradient: geoopt's ``RiemannianSGD`` on
+2. Natural gradient: ``natgrad.optim.riemannian.RiemannianSGD`` (geoopt's; no momentum here) on
    :class:`~natgrad.optim.riemannian.simplex.ProbabilitySimplex` (Riemannian gradient
    :math:`p \odot (g - \langle p, g\rangle) = p - q`, exponentiated retraction), and the same
    with the exact exponential map; projected GD: ``ProjectedSGD`` (Euclidean step, then

@@ -5,6 +5,9 @@ geoopt supplies the manifolds (``Sphere``, ``EuclideanStiefel`` with the QR retr
 ``RiemannianSGD`` (Bonnabel 2013, arXiv 1111.5280) and ``RiemannianAdam`` (Becigneul &
 Ganea 2019, arXiv 1810.00760); this package adds what geoopt lacks:
 
+* :mod:`~natgrad.optim.riemannian.rsgd` - ``RiemannianSGD``: geoopt's, with a momentum buffer that
+  starts from the Riemannian gradient (geoopt's starts from the Euclidean one);
+
 * :mod:`~natgrad.optim.riemannian.simplex` - ``ProbabilitySimplex``: the open simplex with
   the Fisher-Rao metric as a ``geoopt.Manifold`` (natural gradient, exponentiated
   retraction, exact exponential map through the sphere), so geoopt's optimizers run on it;
@@ -17,10 +20,11 @@ Ganea 2019, arXiv 1810.00760); this package adds what geoopt lacks:
 """
 
 from geoopt import ManifoldParameter
-from geoopt.optim import RiemannianAdam, RiemannianSGD
+from geoopt.optim import RiemannianAdam
 
 from natgrad.optim.riemannian.guard import ManifoldParameterWarning, check_euclidean, manifold_parameters
 from natgrad.optim.riemannian.projected import ProjectedAdam, ProjectedSGD
+from natgrad.optim.riemannian.rsgd import RiemannianSGD
 from natgrad.optim.riemannian.simplex import ProbabilitySimplex, ProbabilitySimplexExact, project_onto_simplex
 from natgrad.optim.riemannian.steps import (
     SIMPLEX_METHODS,
