@@ -273,8 +273,11 @@ class SophiaStepper:
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if estimator == "gnb" and (loss_fn is None or likelihood is None):
-            raise ValueError("Sophia-G samples labels from the model's own predictions, so it needs a model with "
-                             "a likelihood; this task's model returns its own objective (use estimator='hutchinson')")
+            raise ValueError("Sophia-G samples labels from the model's own predictions, so it needs "
+                             "loss_fn(outputs, labels) and likelihood ('softmax' or 'gaussian'); a model whose "
+                             "forward pass with no input is its own objective needs estimator='hutchinson'")
+        if likelihood is not None and likelihood not in ("softmax", "gaussian"):
+            raise ValueError(f"likelihood must be 'softmax' or 'gaussian', got {likelihood!r}")
         self.model, self.loss_fn, self.likelihood, self.estimator = model, loss_fn, likelihood, estimator
         self.optimizer = Sophia(model.parameters(), **hparams)
 
@@ -283,6 +286,9 @@ class SophiaStepper:
         opt.zero_grad(set_to_none=True)
         due = opt.hessian_due()
         if self.loss_fn is None:
+            if x is not None or y is not None:
+                raise ValueError("SophiaStepper without loss_fn takes model() as the objective and no batch; "
+                                 "to train on (x, y) pass loss_fn(outputs, labels)")
             loss = self.model()
         else:
             out = self.model(x)

@@ -284,3 +284,17 @@ def test_runs_on_every_available_device(device):
                        if isinstance(t, torch.Tensor))
         assert losses[device][-1] < losses[device][0]
         assert losses[device] == pytest.approx(losses["cpu"], rel=1e-3)
+
+
+def test_the_stepper_says_what_it_is_missing():
+    model = mlp((8, 16, 5), seed=1)
+    x, y = _data(8)
+    with pytest.raises(ValueError, match=r"loss_fn\(outputs, labels\) and likelihood"):
+        SophiaStepper(model)
+    with pytest.raises(ValueError, match="likelihood must be"):
+        SophiaStepper(model, F.cross_entropy, "bernoulli")
+    stepper = SophiaStepper(model, estimator="hutchinson")  # model() would be the objective
+    with pytest.raises(ValueError, match="pass loss_fn"):
+        stepper.step(x, y)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), mlp((8, 16, 5), seed=1).parameters(),
+                                                 strict=True))  # nothing moved
