@@ -19,6 +19,8 @@ import geoopt
 import torch
 from geoopt import ManifoldParameter, ManifoldTensor
 
+from natgrad.optim.stepping import begin_step
+
 __all__ = ["RiemannianSGD"]
 
 
@@ -28,16 +30,13 @@ class RiemannianSGD(geoopt.optim.RiemannianSGD):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
+        loss, work = begin_step(self, closure)
+        for group, params in work:
             momentum, dampening, weight_decay = group["momentum"], group["dampening"], group["weight_decay"]
             if momentum <= 0:
                 continue
-            for p in group["params"]:
-                if p.grad is None or p.grad.is_sparse or self.state[p]:
+            for p in params:
+                if p.grad.is_sparse or self.state[p]:
                     continue
                 manifold = p.manifold if isinstance(p, ManifoldParameter | ManifoldTensor) else self._default_manifold
                 rgrad = manifold.egrad2rgrad(p, p.grad + weight_decay * p)
