@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -269,11 +270,14 @@ def make_stepper(name: str, task: Task | ObjectiveTask, hparams: dict[str, Any])
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     builder, hparams = OPTIMIZERS[name], dict(hparams)
     on_manifold = hparams.pop("on_manifold", "refuse")
-    if not getattr(builder, "manifold_aware", False):
-        from natgrad.optim.riemannian import check_euclidean
+    if getattr(builder, "manifold_aware", False):
+        return builder(task, **hparams)
+    from natgrad.optim.riemannian.guard import ManifoldParameterWarning, check_euclidean
 
-        check_euclidean(task.model.parameters(), name, on_manifold)
-    return builder(task, **hparams)
+    check_euclidean(task.model.parameters(), name, on_manifold)
+    with warnings.catch_warnings():  # said once, above: not again by the optimizer's own constructor
+        warnings.simplefilter("ignore", ManifoldParameterWarning)
+        return builder(task, **hparams)
 
 
 def run(

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from natgrad.optim.stepping import warn_on_manifold
+
 OUTPUT_LAYER = ("adam", "muon")
 
 
@@ -67,6 +69,7 @@ class MuonAdam:
         self.adam = (torch.optim.AdamW([p for _, p in adam], lr=adam_lr, betas=adam_betas, eps=adam_eps,
                                        weight_decay=adam_weight_decay) if adam else None)
         self.muon_names, self.adam_names = [n for n, _ in muon], [n for n, _ in adam]
+        warn_on_manifold((p for _, p in muon + adam), "MuonAdam")
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:

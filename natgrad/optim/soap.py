@@ -57,7 +57,7 @@ from natgrad.optim.checkpoint import load_state_dict_keeping_dtypes, state_dict_
 from natgrad.optim.linalg import EventLog, all_finite, failed, retried, safe_eigh
 from natgrad.optim.shampoo import blocks as sb
 from natgrad.optim.shampoo.grafting import nonfinite_flags
-from natgrad.optim.stepping import begin_step
+from natgrad.optim.stepping import begin_step, warn_on_manifold
 
 EIGENBASES = ("qr", "eigh")
 
@@ -115,6 +115,7 @@ class SOAP(torch.optim.Optimizer):
                         precondition_frequency=precondition_frequency, max_preconditioner_dim=max_preconditioner_dim,
                         eigenbasis=eigenbasis, preconditioner_dtype=preconditioner_dtype)
         super().__init__(params, defaults)
+        warn_on_manifold((p for g in self.param_groups for p in g["params"]), "SOAP")
         self.skip_nonfinite = skip_nonfinite
         self.events = EventLog()
         self.basis_computations = 0

@@ -43,6 +43,7 @@ from natgrad.optim.kfac.safeguard import loss_rose, within_rounding
 from natgrad.optim.kfac.state import kfac_state_dict, load_kfac_state
 from natgrad.optim.kfac.update import UpdateMixin, make_fallback
 from natgrad.optim.linalg import EventLog
+from natgrad.optim.stepping import warn_on_manifold
 
 LIKELIHOODS = ("auto", "gaussian", "softmax")
 FISHER_TYPES = ("true", "empirical", "exact")
@@ -173,6 +174,7 @@ class KFAC(UpdateMixin, torch.optim.Optimizer):
             groups.append({k: v for k, v in self.fallback.param_groups[0].items()} | {"params": rest})
         super().__init__(groups, dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay,
                                       factor_decay=factor_decay, kl_clip=kl_clip))
+        warn_on_manifold((p for g in self.param_groups for p in g["params"]), "K-FAC")
         self.likelihood, self.fisher_type, self.step_size_rule = likelihood, fisher_type, step_size_rule
         self.pi_damping, self.adaptive_damping, self.reject_steps = pi_damping, adaptive_damping, reject_steps
         self.curvature_examples, self.max_kl, self.max_momentum = curvature_examples, max_kl, max_momentum

@@ -42,7 +42,7 @@ from natgrad.optim.checkpoint import load_state_dict_keeping_dtypes, state_dict_
 from natgrad.optim.linalg import EPSILON_MODES, EventLog, failed, retried
 from natgrad.optim.shampoo import blocks as sb
 from natgrad.optim.shampoo.grafting import GRAFTS, graft_denominators, nonfinite_flags
-from natgrad.optim.stepping import begin_step
+from natgrad.optim.stepping import begin_step, warn_on_manifold
 
 
 class Shampoo(torch.optim.Optimizer):
@@ -150,6 +150,7 @@ class Shampoo(torch.optim.Optimizer):
                         skip_preconditioning_rank_lt=skip_preconditioning_rank_lt, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, preconditioner_dtype=preconditioner_dtype)
         super().__init__(params, defaults)
+        warn_on_manifold((p for g in self.param_groups for p in g["params"]), type(self).__name__)
         self.skip_nonfinite = skip_nonfinite
         self.root_failures = 0
         self.fp64_retries = 0

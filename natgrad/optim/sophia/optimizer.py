@@ -39,7 +39,7 @@ import torch
 
 from natgrad.optim.linalg import EventLog, all_finite
 from natgrad.optim.sophia.estimators import LossFn, gnb_estimate, hutchinson_estimate
-from natgrad.optim.stepping import begin_step
+from natgrad.optim.stepping import begin_step, warn_on_manifold
 
 ESTIMATORS = ("gnb", "hutchinson")
 
@@ -92,6 +92,7 @@ class Sophia(torch.optim.Optimizer):
             raise ValueError(f"update_period must be a positive integer, got {update_period}")
         defaults = dict(lr=lr, betas=tuple(betas), rho=rho, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
+        warn_on_manifold((p for g in self.param_groups for p in g["params"]), "Sophia")
         self.update_period = int(update_period)
         self.seed = seed
         self.skip_nonfinite = skip_nonfinite
