@@ -153,6 +153,8 @@ def human_seconds(s: float) -> str:
     """A duration in the unit that reads best: "3.2 ms", "12 s", "4.1 hours", "3.5e+04 years"."""
     if not math.isfinite(s):
         return "n/a"
+    if s < 0:
+        return "-" + human_seconds(-s)
     for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
         if s >= size:
             v = s / size
@@ -161,11 +163,15 @@ def human_seconds(s: float) -> str:
         return f"{s:.3g} s"
     if s >= 1e-3:
         return f"{s * 1e3:.3g} ms"
-    return f"{s * 1e6:.3g} µs"
+    if s >= 1e-6 or s == 0:
+        return f"{s * 1e6:.3g} µs"
+    return f"{s * 1e9:.3g} ns"
 
 
 def human_bytes(n: float) -> str:
     """SI units (GB = 1e9 bytes), as memory is usually quoted for accelerators."""
+    if not math.isfinite(n):
+        return "n/a"
     for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
         if abs(n) < 1000 or unit == "EB":
             return f"{n:.3g} {unit}"

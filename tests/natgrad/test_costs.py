@@ -188,3 +188,13 @@ def test_human_seconds():
     assert costs.human_seconds(12.0) == "12 s"
     assert costs.human_seconds(3 * 3600.0) == "3 hours"
     assert costs.human_seconds(2 * 365.25 * 86400) == "2 years"
+    assert costs.human_seconds(4.5e-7) == "450 ns"
+    assert costs.human_seconds(0.0) == "0 µs"
+    assert costs.human_seconds(-0.0032) == "-3.2 ms"
+    assert costs.human_seconds(float("nan")) == "n/a"
+
+
+def test_human_bytes_reads_for_any_number():
+    assert costs.human_bytes(999) == "999 B" and costs.human_bytes(4.1e9) == "4.1 GB"
+    assert costs.human_bytes(-2.5e6) == "-2.5 MB"
+    assert costs.human_bytes(float("inf")) == costs.human_bytes(float("nan")) == "n/a"
