@@ -33,13 +33,14 @@ from natgrad.curvature.likelihoods import (
     output_grads,
     sample_targets,
 )
-from natgrad.curvature.params import flatten_params, num_params, param_list
+from natgrad.curvature.params import flatten_params, num_params, param_list, require_independent_examples
 
 KINDS = ("true", "empirical", "ggn")
 _MAX_JAC_ENTRIES = 2**24  # per chunk: chunk * C * P entries of per-example Jacobians
 
 
 def _detached_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    require_independent_examples(model)
     return {n: p.detach() for n, p in param_list(model)}
 
 

@@ -47,7 +47,7 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from natgrad.curvature.likelihoods import check_likelihood, output_grads, output_hessian_sqrt, sample_targets
-from natgrad.curvature.params import param_list
+from natgrad.curvature.params import param_list, require_independent_examples
 
 KFAC_KINDS = ("type-2", "mc", "empirical")
 
@@ -94,6 +94,7 @@ def kfac_factors(
     layers = linear_layers(model)
     if not layers:
         return {}
+    require_independent_examples(model)
     names = [n for n, _ in layers]
     params = {n: p.detach() for n, p in param_list(model)}
     N = X.shape[0]

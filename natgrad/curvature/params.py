@@ -69,3 +69,18 @@ def layer_slices(model: nn.Module) -> dict[str, slice]:
             slices[mod] = slice(offset, offset + p.numel())
         offset += p.numel()
     return slices
+
+
+def require_independent_examples(model: nn.Module) -> None:
+    """Refuse, saying why, layers whose training-mode forward pass couples or randomises the examples: the
+    curvature of one example is then not defined (and ``torch.func.vmap`` cannot run them)."""
+    for name, m in model.named_modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"layer {name!r} ({type(m).__name__}) is in training mode: it normalises with the batch's "
+                             "own statistics, which couples the examples, so one example's Fisher is not defined. "
+                             "Call model.eval() first (the running statistics are then constants)")
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            raise ValueError(f"layer {name!r} ({type(m).__name__}) is in training mode: every forward pass is random, "
+                             "so the curvature is not one matrix. Call model.eval() first")

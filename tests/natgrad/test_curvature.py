@@ -312,3 +312,29 @@ def test_input_validation():
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 3)).to(DT)
     with pytest.raises(ValueError):
         kfac_matrix(conv, {"2": (torch.eye(3, dtype=DT), torch.eye(3, dtype=DT))})
+
+
+def test_batch_norm_and_dropout_need_eval_mode_and_then_give_the_per_example_fisher():
+    """In training mode BatchNorm couples the examples and Dropout makes each pass random: refused, saying
+    why. In eval mode the empirical Fisher equals mean g_n g_n^T with each g_n from its own backward pass."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(0.3), nn.Linear(5, 3)).to(DT)
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    X = torch.randn(N, 4, dtype=DT)
+    y = torch.randint(0, 3, (N,))
+    for fn in (lambda: exact_fisher(model, X, y, kind="empirical"), lambda: kfac_factors(model, X, y),
+               lambda: per_example_grads(model, X, y, "softmax")):
+        with pytest.raises(ValueError, match=r"'1' \(BatchNorm1d\) is in training mode.*model.eval\(\)"):
+            fn()
+    model[1].eval()
+    with pytest.raises(ValueError, match=r"'3' \(Dropout\) is in training mode"):
+        exact_fisher(model, X, y, kind="empirical")
+    model.eval()
+    params = [p for _, p in param_list(model)]
+    rows = []
+    for n in range(N):
+        loss = nn.functional.cross_entropy(model(X[n:n + 1]), y[n:n + 1])
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    G = torch.stack(rows)
+    torch.testing.assert_close(exact_fisher(model, X, y, kind="empirical"), G.T @ G / N, rtol=1e-10, atol=1e-12)
