@@ -178,6 +178,9 @@ def _kfac(task, **hparams) -> Stepper:
     if task.likelihood is None:
         raise ValueError("K-FAC needs a model with a likelihood (a network whose output is a prediction); "
                          "this task's model returns its own objective")
+    if task.likelihood == "softmax" and task.targets.ndim != 1:
+        raise ValueError(f"K-FAC's softmax likelihood takes one class label per example ((N, C) logits); this task "
+                         f"has a label per position (targets {tuple(task.targets.shape)})")
     return KFAC(task.model, likelihood=task.likelihood, **hparams)
 
 
@@ -324,6 +327,9 @@ def run(
         except (RuntimeError, torch.linalg.LinAlgError) as exc:
             traj.status = "error"
             traj.message = f"Step {t} failed: {exc}. Try a smaller learning rate or more damping."
+            break
+        except ValueError as exc:  # the optimizer does not fit this task's outputs or targets: no setting helps
+            traj.status, traj.message = "error", f"{spec.optimizer} cannot train {spec.task!r}: {exc}"
             break
         if device.type == "cuda":
             torch.cuda.synchronize()

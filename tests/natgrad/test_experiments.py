@@ -1,10 +1,12 @@
 """experiments.run against a hand-written training loop; divergence and stop."""
 
 import math
+from unittest import mock
 
 import torch
 
 from natgrad.experiments import Spec, run
+from natgrad.race import applicable
 from natgrad.tasks.digits import autoencoder_loss, digits_autoencoder, load_digits_tensors
 
 
@@ -49,6 +51,23 @@ def test_stop_request_and_progress():
 def test_unknown_optimizer_is_an_error_not_a_crash():
     traj = run(Spec.make({}, optimizer="nope", steps=3))
     assert traj.status == "error" and "nope" in traj.message
+
+
+def test_an_optimizer_that_does_not_fit_the_task_is_an_error_not_a_crash():
+    """K-FAC's softmax likelihood takes (N, C) logits; the character transformer gives (N, T, C): K-FAC is not
+    built for it (so the race leaves it out), and an optimizer that refuses a task's outputs only at its first
+    step ends the run with the reason, without advice about learning rates that cannot help."""
+    traj = run(Spec.make({}, {}, task="lesson-chars", optimizer="kfac", steps=3))
+    assert traj.status == "error" and not traj.loss
+    assert "Could not build kfac" in traj.message and "(N, C) logits" in traj.message
+    assert "(N, C) logits" in applicable("lesson-chars")["kfac"]
+
+    def refuse(self, x, y):
+        raise ValueError("outputs of the wrong shape")
+
+    with mock.patch("natgrad.experiments.TorchStepper.step", refuse):
+        traj = run(Spec.make({"lr": 1e-3}, optimizer="adam", steps=3))
+    assert traj.status == "error" and traj.message == "adam cannot train 'digits-autoencoder': outputs of the wrong shape"
 
 
 def test_steps_and_seconds_to_target():
