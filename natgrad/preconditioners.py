@@ -110,17 +110,22 @@ def matrices_of(model: nn.Module) -> tuple[MatrixParam, ...]:
 
 def from_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, likelihood: str, *, statistic: str = "true",
                seed: int = 0) -> Curvature:
-    """The curvature of a model of ``nn.Linear`` layers on ``(X, y)``: the gradient of the
-    mean loss, the exact true Fisher (type-2), the statistic (``"true"``: that Fisher and
-    K-FAC's type-2 factors; ``"empirical"``: both with the observed labels) and Sophia's
-    GNB estimate with labels drawn from the model by a CPU generator seeded with ``seed``."""
+    """The curvature of a small model on ``(X, y)``: the gradient of the mean loss, the exact true
+    Fisher (type-2), the statistic (``"true"``: that Fisher and K-FAC's type-2 factors;
+    ``"empirical"``: both with the observed labels) and Sophia's GNB estimate with labels drawn
+    from the model by a CPU generator seeded with ``seed``. K-FAC's factors here exist for models of
+    ``nn.Linear`` layers only; for any other model (a convolution, say) ``kfac`` is None and
+    :func:`measure` leaves K-FAC out, comparing every other method."""
     check_likelihood(likelihood)
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     F = exact_fisher(model, X, y, likelihood=likelihood, kind="true")
     S = F if statistic == "true" else exact_fisher(model, X, y, likelihood=likelihood, kind="empirical")
-    K = kfac_matrix(model, kfac_factors(model, X, y, likelihood=likelihood,
-                                        kind="type-2" if statistic == "true" else "empirical"))
+    try:
+        K = kfac_matrix(model, kfac_factors(model, X, y, likelihood=likelihood,
+                                            kind="type-2" if statistic == "true" else "empirical"))
+    except (ValueError, NotImplementedError):  # a layer natgrad.curvature has no K-FAC factors for
+        K = None
     with torch.no_grad():
         out = model(X)
     gen = torch.Generator().manual_seed(seed)  # on the CPU, so every device draws the same labels

@@ -163,3 +163,18 @@ def test_curvature_snapshots_along_training():
     assert c.g.shape == (444,) and c.fisher.shape == (444, 444) and len(c.matrices) == 3
     ms = pc.measure_along([s[2] for s in snaps], 1e-3)
     assert set(ms[0]) == set(pc.METHODS) and all(-1 <= m.cosine <= 1 for m in ms[1].values())
+
+
+def test_a_convolutional_model_is_compared_without_kfac():
+    """natgrad.curvature has K-FAC factors for nn.Linear layers only: on a conv net K-FAC is left out and every
+    other method is measured; the natural gradient is (F + lambda I)^-1 g by a direct solve."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3)).double()
+    X, y = torch.randn(6, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    c = pc.from_model(model, X, y, "softmax")
+    assert c.kfac is None
+    results = pc.measure(c, 1e-3)
+    assert "K-FAC" not in results and len(results) == len(pc.METHODS) - 1
+    lam_eye = 1e-3 * torch.eye(c.size, dtype=torch.float64)
+    torch.testing.assert_close(pc.natural_gradient(c, 1e-3).d, torch.linalg.solve(c.fisher + lam_eye, c.g))
+    assert results["natural gradient"].cosine == pytest.approx(1.0)
