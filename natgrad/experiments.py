@@ -117,7 +117,10 @@ def make_task(name: str, seed: int, device: torch.device, dtype: torch.dtype,
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     unknown = sorted(k for k in options if k in ("seed", "device", "dtype") or not (open_ended or k in params))
     if unknown:
-        raise ValueError(f"task {name!r} takes no options {unknown}")
+        accepted = sorted(k for k, p in params.items() if k not in ("seed", "device", "dtype")
+                          and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        raise ValueError(f"task {name!r} has no option {', '.join(map(repr, unknown))}; "
+                         + (f"its options are {', '.join(accepted)}" if accepted else "it takes no options"))
     return builder(seed=seed, device=device, dtype=dtype, **options)
 
 

@@ -128,6 +128,9 @@ def test_task_options_errors_are_reported_in_words():
     traj = run(Spec.make({"lr": 0.1}, {"cond_left": 0.5}, task="kron-quadratic", steps=3))
     assert traj.status == "error" and "condition number" in traj.message
     traj = run(Spec.make({"lr": 0.1}, {"m": 3}, task="digits-autoencoder", steps=3))
-    assert traj.status == "error" and "takes no options" in traj.message
+    assert traj.status == "error" and "has no option 'm'; it takes no options" in traj.message
+    traj = run(Spec.make({"lr": 0.1}, {"k": 4, "rank": 2}, task="stiefel-pca", steps=3))
+    assert traj.status == "error" and "has no option 'rank'; its options are " in traj.message
+    assert "k" in traj.message.split("its options are ")[1].split(", ")
     traj = run(Spec.make({}, task="nope", steps=3))
     assert traj.status == "error" and "unknown task" in traj.message
