@@ -69,7 +69,7 @@ class MuonAdam:
         self.adam = (torch.optim.AdamW([p for _, p in adam], lr=adam_lr, betas=adam_betas, eps=adam_eps,
                                        weight_decay=adam_weight_decay) if adam else None)
         self.muon_names, self.adam_names = [n for n, _ in muon], [n for n, _ in adam]
-        warn_on_manifold((p for _, p in muon + adam), "MuonAdam")
+        warn_on_manifold(self)
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:

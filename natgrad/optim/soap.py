@@ -115,7 +115,7 @@ class SOAP(torch.optim.Optimizer):
                         precondition_frequency=precondition_frequency, max_preconditioner_dim=max_preconditioner_dim,
                         eigenbasis=eigenbasis, preconditioner_dtype=preconditioner_dtype)
         super().__init__(params, defaults)
-        warn_on_manifold((p for g in self.param_groups for p in g["params"]), "SOAP")
+        warn_on_manifold(self)
         self.skip_nonfinite = skip_nonfinite
         self.events = EventLog()
         self.basis_computations = 0

@@ -21,12 +21,13 @@ def begin_step(opt: torch.optim.Optimizer, closure: Callable[[], torch.Tensor] |
     return loss, [(group, ps) for group, ps in work if ps]
 
 
-def warn_on_manifold(params, optimizer: str) -> None:
+def warn_on_manifold(opt, optimizer: str | None = None) -> None:
     """A :class:`~natgrad.optim.riemannian.guard.ManifoldParameterWarning` when a Euclidean optimizer of natgrad's
-    is handed parameters that live on a manifold (a ``geoopt.ManifoldParameter``): its steps leave the manifold.
-    geoopt is imported only when some parameter carries a manifold."""
-    params = list(params)
+    (``opt``, named ``optimizer``, default its class name) holds parameters that live on a manifold (a
+    ``geoopt.ManifoldParameter``): its steps leave the manifold. geoopt is imported only when some parameter
+    carries a manifold."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     if any(getattr(p, "manifold", None) is not None for p in params):
         from natgrad.optim.riemannian.guard import warn_euclidean
 
-        warn_euclidean(params, optimizer, stacklevel=3)
+        warn_euclidean(params, optimizer or type(opt).__name__, stacklevel=3)

@@ -174,7 +174,7 @@ class KFAC(UpdateMixin, torch.optim.Optimizer):
             groups.append({k: v for k, v in self.fallback.param_groups[0].items()} | {"params": rest})
         super().__init__(groups, dict(lr=lr, damping=damping, momentum=momentum, weight_decay=weight_decay,
                                       factor_decay=factor_decay, kl_clip=kl_clip))
-        warn_on_manifold((p for g in self.param_groups for p in g["params"]), "K-FAC")
+        warn_on_manifold(self, "K-FAC")
         self.likelihood, self.fisher_type, self.step_size_rule = likelihood, fisher_type, step_size_rule
         self.pi_damping, self.adaptive_damping, self.reject_steps = pi_damping, adaptive_damping, reject_steps
         self.curvature_examples, self.max_kl, self.max_momentum = curvature_examples, max_kl, max_momentum

@@ -150,7 +150,7 @@ class Shampoo(torch.optim.Optimizer):
                         skip_preconditioning_rank_lt=skip_preconditioning_rank_lt, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, preconditioner_dtype=preconditioner_dtype)
         super().__init__(params, defaults)
-        warn_on_manifold((p for g in self.param_groups for p in g["params"]), type(self).__name__)
+        warn_on_manifold(self)
         self.skip_nonfinite = skip_nonfinite
         self.root_failures = 0
         self.fp64_retries = 0

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
+from natgrad.curvature.likelihoods import check_likelihood
 from natgrad.optim.linalg import EventLog, all_finite
 from natgrad.optim.sophia.estimators import LossFn, gnb_estimate, hutchinson_estimate
 from natgrad.optim.stepping import begin_step, warn_on_manifold
@@ -92,7 +93,7 @@ class Sophia(torch.optim.Optimizer):
             raise ValueError(f"update_period must be a positive integer, got {update_period}")
         defaults = dict(lr=lr, betas=tuple(betas), rho=rho, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
-        warn_on_manifold((p for g in self.param_groups for p in g["params"]), "Sophia")
+        warn_on_manifold(self)
         self.update_period = int(update_period)
         self.seed = seed
         self.skip_nonfinite = skip_nonfinite
@@ -277,8 +278,8 @@ class SophiaStepper:
             raise ValueError("Sophia-G samples labels from the model's own predictions, so it needs "
                              "loss_fn(outputs, labels) and likelihood ('softmax' or 'gaussian'); a model whose "
                              "forward pass with no input is its own objective needs estimator='hutchinson'")
-        if likelihood is not None and likelihood not in ("softmax", "gaussian"):
-            raise ValueError(f"likelihood must be 'softmax' or 'gaussian', got {likelihood!r}")
+        if likelihood is not None:
+            check_likelihood(likelihood)
         self.model, self.loss_fn, self.likelihood, self.estimator = model, loss_fn, likelihood, estimator
         self.optimizer = Sophia(model.parameters(), **hparams)
 
