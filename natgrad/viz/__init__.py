@@ -8,6 +8,7 @@ from natgrad.viz.diagonal import contour_paths_figure, diagonal_scatter_figure, 
 from natgrad.viz.figures import (
     PREVIOUS,
     cost_figure,
+    costs_figure,
     fisher_figure,
     fisher_panels,
     loss_figure,
@@ -28,7 +29,7 @@ from natgrad.viz.manifolds import (
 )
 from natgrad.viz.style import COLORS, byte_unit, color_of, hparams_text, log_decades, recolor
 
-__all__ = ["COLORS", "PREVIOUS", "cost_figure", "fisher_figure", "fisher_panels", "loss_figure", "rank_bars_figure",
+__all__ = ["COLORS", "PREVIOUS", "cost_figure", "costs_figure", "fisher_figure", "fisher_panels", "loss_figure", "rank_bars_figure",
            "trace_title", "traces_figure",
            # natgrad.viz.style (one colour per method, decades on log axes, bytes in SI units)
            "byte_unit", "color_of", "hparams_text", "log_decades", "recolor",

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from natgrad.viz.style import COLORS, PREVIOUS, byte_unit, color_of, dash_of, log_byte_ticks, log_decades
 
-__all__ = ["COLORS", "PREVIOUS", "color_of", "cost_figure", "fisher_figure", "fisher_panels", "loss_figure", "rank_bars_figure",
+__all__ = ["COLORS", "PREVIOUS", "color_of", "cost_figure", "costs_figure", "fisher_figure", "fisher_panels", "loss_figure", "rank_bars_figure",
            "traces_figure", "TRACE_TITLES"]
 
 def _color(label: str, i: int) -> str:
@@ -229,10 +229,34 @@ def cost_figure(rows: Sequence[dict], value: str, title: str, *, log: bool = Tru
                 bytes_axis: bool | None = None, axis_title: str = "") -> go.Figure:
     """Bars of one cost (``value`` key) per representation (``name`` key), on a log or linear axis.
 
-    A zero cost (a diagonal has nothing to invert) has no bar, only its label "0", never a bar
-    of 1 on a log axis. Bytes (``bytes_axis``, default when ``value == "bytes"``) are written
-    in the SI units of the tables (GB = 10⁹ bytes), never plotly's "10B".
+    A zero cost (a diagonal has nothing to invert) has no bar, only its label "0 (none)" at the
+    foot of the axis, never a bar of 1 on a log axis. Bytes (``bytes_axis``, default when
+    ``value == "bytes"``) are written in the SI units of the tables (GB = 10⁹ bytes), never
+    plotly's "10B".
     """
+    fig = go.Figure()
+    _cost_panel(fig, rows, value, log=log, bytes_axis=bytes_axis, axis_title=axis_title, label=title)
+    fig.update_layout(title=title, height=340, margin=dict(t=50, b=30))
+    return fig
+
+
+def costs_figure(rows: Sequence[dict], panels: Mapping[str, str], title: str, *, log: bool = True,
+                 axis_titles: Mapping[str, str] | None = None) -> go.Figure:
+    """:func:`cost_figure` of several costs of the same representations side by side, one panel per
+    ``panels`` item (cost key -> panel title), in one figure (the browser draws one chart, not one
+    per cost)."""
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels.values()), horizontal_spacing=0.1)
+    for col, (value, label) in enumerate(panels.items(), start=1):
+        _cost_panel(fig, rows, value, log=log, axis_title=(axis_titles or {}).get(value, ""), label=label,
+                    at=dict(row=1, col=col))
+    fig.update_layout(title=title, height=360, margin=dict(t=70, b=30))
+    return fig
+
+
+def _cost_panel(fig: go.Figure, rows: Sequence[dict], value: str, *, log: bool, bytes_axis: bool | None = None,
+                axis_title: str, label: str, at: dict | None = None) -> None:
+    """One cost's bars (and the "0 (none)" labels of zero costs) on ``fig``, or on its subplot ``at``."""
+    at = at or {}
     bytes_axis = value == "bytes" if bytes_axis is None else bytes_axis
     names = [r["name"] for r in rows]
     raw = [float(r[value]) for r in rows]
@@ -241,25 +265,29 @@ def cost_figure(rows: Sequence[dict], value: str, title: str, *, log: bool = Tru
     unit, size = byte_unit(max(raw, default=0.0)) if bytes_axis else ("", 1.0)
     if bytes_axis and not log:
         shown = [None if v is None else v / size for v in shown]
-    fig = go.Figure(go.Bar(x=names, y=shown, text=texts, textposition="outside", name=title,
-                           marker_color=[color_of(n, i) for i, n in enumerate(names)], showlegend=False,
-                           cliponaxis=False))
+    fig.add_trace(go.Bar(x=names, y=shown, text=texts, textposition="outside", name=label,
+                         marker_color=[color_of(n, i) for i, n in enumerate(names)], showlegend=False,
+                         cliponaxis=False), **at)
     if bytes_axis:
         axis_title = axis_title or ("memory" if log else f"memory ({unit})")
-    fig.update_layout(title=title, yaxis_title=axis_title or value, height=340, margin=dict(t=50, b=30),
-                      xaxis_title="representation")
+    fig.update_xaxes(title_text="representation", **at)
+    fig.update_yaxes(title_text=axis_title or value, **at)
     if log:
-        fig.update_yaxes(type="log")
         top = max((v for v in shown if v), default=1.0)
         low = min((v for v in shown if v), default=1.0)
-        fig.update_yaxes(range=[math.log10(low) - 0.5, math.log10(top) + 1.0])
+        fig.update_yaxes(type="log", range=[math.log10(low) - 0.5, math.log10(top) + 1.0], **at)
         if bytes_axis:
-            fig.update_yaxes(**log_byte_ticks([low / 10, top * 10]))
+            fig.update_yaxes(**log_byte_ticks([low / 10, top * 10]), **at)
+        elif top / low >= 10:  # as log_decades: whole decades when the data span one
+            fig.update_yaxes(dtick=1, exponentformat="power", minor=dict(ticks="", showgrid=False), **at)
         else:
-            log_decades(fig)
+            fig.update_yaxes(exponentformat="power", **at)
     else:
-        fig.update_yaxes(rangemode="tozero", exponentformat="power")
-    return fig
+        fig.update_yaxes(rangemode="tozero", exponentformat="power", **at)
+    for i, v in enumerate(shown):  # plotly writes no text for a missing bar: the label stands at the axis's foot
+        if v is None:
+            fig.add_annotation(x=names[i], y=0, yref="y domain", yanchor="bottom", text=texts[i], showarrow=False,
+                               name="zero cost", **at)
 
 
 def rank_bars_figure(parts: Mapping[str, Sequence[float]], title: str, yaxis_title: str,

@@ -21,6 +21,7 @@ from natgrad.viz import (
     PREVIOUS,
     color_of,
     cost_figure,
+    costs_figure,
     fisher_panels,
     hparams_text,
     layer_cost_figure,
@@ -100,8 +101,30 @@ def test_a_zero_cost_has_no_bar_and_says_zero():
     bar = fig.data[0]
     assert bar.y[2] is None and bar.text[2].startswith("0")
     assert all(v > 1 for v in bar.y[:2])
+    # plotly writes no text for a missing bar: the label is drawn at the foot of the axis, inside its range
+    (label,) = fig.layout.annotations
+    assert (label.x, label.y, label.yref, label.text) == ("diagonal", 0, "y domain", "0 (none)")
     parts = layer_cost_figure([{"layer": "1", "statistics": 10.0, "inverses": 0.0, "apply": 5.0}])
     assert [t.y[0] for t in parts.data] == [10.0, None, 5.0]
+
+
+def test_costs_side_by_side_keep_each_panels_axis():
+    fig = costs_figure(ROWS, {"bytes": "memory", "invert": "FLOPs to invert"}, "one layer", axis_titles={"invert": "FLOPs"})
+    assert fig.layout.title.text == "one layer"
+    # the panels' titles, then the zero cost's label on the second panel's axes
+    assert [a.text for a in fig.layout.annotations] == ["memory", "FLOPs to invert", "0 (none)"]
+    assert (fig.layout.annotations[2].xref, fig.layout.annotations[2].yref) == ("x2", "y2 domain")
+    alone = {v: cost_figure(ROWS, v, t, axis_title=a) for v, t, a in (("bytes", "memory", ""), ("invert", "FLOPs", "FLOPs"))}
+    # the same bars and labels as each cost drawn alone, each on its own axes
+    assert [(t.xaxis, t.yaxis) for t in fig.data] == [("x", "y"), ("x2", "y2")]
+    assert list(fig.data[0].text) == list(alone["bytes"].data[0].text) == ["40 GB", "16 GB", "4 GB"]
+    assert list(fig.data[1].y) == list(alone["invert"].data[0].y)
+    assert list(fig.layout.yaxis.ticktext) == list(alone["bytes"].layout.yaxis.ticktext)  # SI bytes, not "10B"
+    assert fig.layout.yaxis2.dtick == 1 and fig.layout.yaxis2.title.text == "FLOPs"
+    assert fig.layout.yaxis.title.text == "memory"
+    assert list(fig.layout.yaxis2.range) == list(alone["invert"].layout.yaxis.range)
+    linear = costs_figure(ROWS, {"bytes": "memory", "invert": "FLOPs"}, "one layer", log=False)
+    assert linear.layout.yaxis.title.text == "memory (GB)" and linear.layout.yaxis2.type != "log"
 
 
 def test_byte_axes_use_the_tables_units():

@@ -13,7 +13,7 @@ from natgrad.bench import kfac as kfac_bench
 from natgrad.experiments import Spec
 from natgrad.presets import KFAC_TASK_PRESETS
 from natgrad.snapshots import fisher_snapshot
-from natgrad.viz import cost_figure, fisher_panels, layer_cost_figure, safeguard_counts, safeguard_trace_figure
+from natgrad.viz import costs_figure, fisher_panels, layer_cost_figure, safeguard_counts, safeguard_trace_figure
 from views.labs.common import bench_results, cached, device, run_all, settings_form, show_runs
 from views.labs.figures import chart
 
@@ -233,9 +233,8 @@ def kfac_cost(lab: Lab) -> None:
     log = st.toggle("log scale", value=True, key="kc-log", bind="query-params",
                     help="A log scale shows sizes that differ a million-fold side by side but makes a 4x "
                          "difference look small; switch it off to compare bar heights directly.")
-    f1, f2 = st.columns(2)
-    chart(cost_figure(rows, "bytes", "memory", log=log), "kc-mem", f1)
-    chart(cost_figure(rows, "invert", "FLOPs to invert", log=log, axis_title="FLOPs"), "kc-flops", f2)
+    chart(costs_figure(rows, {"bytes": "memory", "invert": "FLOPs to invert"}, f"one {m:,} x {n:,} dense layer: what "
+                       "each representation of its curvature costs", log=log, axis_titles={"invert": "FLOPs"}), "kc-costs")
     st.caption("Layer with bias: K-FAC's A is (n+1)x(n+1). Eigendecomposition counted as 9d³ FLOPs. "
                "SI units: 1 GB = 10⁹ bytes.")
     if st.button("Measure inversion (eigendecomposition) times on this device", key="kc-measure",
