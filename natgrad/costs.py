@@ -39,10 +39,17 @@ class CurvatureCost:
     apply_flops: float  # to precondition one gradient
 
 
+def _sizes(*sizes: Any, block_size: Any = None) -> tuple[int, ...]:
+    """``sizes`` and ``block_size`` (last; unless None) as ints; refused unless whole numbers >= 1."""
+    for what, v in [("size", x) for x in sizes] + ([("block_size", block_size)] if block_size is not None else []):
+        if isinstance(v, bool) or not float(v).is_integer() or v < 1:
+            raise ValueError(f"sizes and block_size must be whole numbers of at least 1; got {what} {v!r}")
+    return (*(int(x) for x in sizes), None if block_size is None else int(block_size))
+
+
 def layer_costs(m: int, n: int, *, bias: bool = True, dtype: str = "float32") -> list[CurvatureCost]:
     """Costs of the exact block, K-FAC and the diagonal for one ``(m, n)`` layer."""
-    if m <= 0 or n <= 0:
-        raise ValueError("layer sizes must be positive")
+    m, n, _ = _sizes(m, n)
     b = DTYPE_BYTES[dtype]
     n_in = n + 1 if bias else n
     p = m * n_in
@@ -61,6 +68,7 @@ def layer_costs(m: int, n: int, *, bias: bool = True, dtype: str = "float32") ->
 
 def factor_bytes(dim: int, dtype: str = "float32") -> int:
     """Bytes of one dense ``dim x dim`` factor (32000 -> 32000^2 * 4 = 4.096e9 bytes in fp32)."""
+    dim, _ = _sizes(dim)
     return dim * dim * DTYPE_BYTES[dtype]
 
 
@@ -149,31 +157,35 @@ def inversion_times(dims: Mapping[str, int], measure: Callable[[int], float | No
     return rows, ladder_rows, c
 
 
+def _three_digits(v: float) -> float:
+    """``v`` rounded to the 3 significant digits it is written with."""
+    return float(f"{v:.3g}")
+
+
 def human_seconds(s: float) -> str:
-    """A duration in the unit that reads best: "3.2 ms", "12 s", "4.1 hours", "3.5e+04 years"."""
+    """A duration in the unit that reads best: "3.2 ms", "12 s", "1 minute", "4.1 hours", "3.5e+04 years".
+    The unit is chosen after rounding to 3 digits, so 59.9996 s is "1 minute", never "60 s"."""
     if not math.isfinite(s):
         return "n/a"
     if s < 0:
         return "-" + human_seconds(-s)
-    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if s >= size:
-            v = s / size
-            return f"{v:.3g} {unit}" if v < 1e4 else f"{v:.2e} {unit}"
-    if s >= 1:
-        return f"{s:.3g} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3g} ms"
-    if s >= 1e-6 or s == 0:
-        return f"{s * 1e6:.3g} µs"
+    for unit, size in (("year", 365.25 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        v = _three_digits(s / size)
+        if v >= 1:
+            return f"{v:.3g} {unit}{'s' * (v != 1)}" if v < 1e4 else f"{s / size:.2e} {unit}s"
+    for unit, size in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if _three_digits(s / size) >= 1 or (unit == "µs" and s == 0):
+            return f"{s / size:.3g} {unit}"
     return f"{s * 1e9:.3g} ns"
 
 
 def human_bytes(n: float) -> str:
-    """SI units (GB = 1e9 bytes), as memory is usually quoted for accelerators."""
+    """SI units (GB = 1e9 bytes), as memory is usually quoted for accelerators; the unit is chosen
+    after rounding to 3 digits (999.6 bytes is "1 kB", never "1e+03 B")."""
     if not math.isfinite(n):
         return "n/a"
     for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
-        if abs(n) < 1000 or unit == "EB":
+        if abs(_three_digits(n)) < 1000 or unit == "EB":
             return f"{n:.3g} {unit}"
         n /= 1000.0
     return f"{n:.3g} EB"
@@ -214,10 +226,9 @@ def shampoo_memory(m: int, n: int, *, dtype: str = "float32", block_size: int | 
     :math:`\sum_i d_i^3`, largest first, each to the least-loaded rank; Anil et
     al. 2020; Shi et al. 2023).
     """
-    if m <= 0 or n <= 0 or world_size <= 0:
-        raise ValueError("sizes and world_size must be positive")
-    if block_size is not None and block_size <= 0:
-        raise ValueError("block_size must be positive")
+    m, n, block_size = _sizes(m, n, block_size=block_size)
+    if isinstance(world_size, bool) or not float(world_size).is_integer() or world_size < 1:
+        raise ValueError(f"world_size must be a whole number of at least 1, got {world_size!r}")
     blocks = plan_blocks((m, n), block_size or max(m, n), 0, "W", getattr(torch, dtype))
     owner = assign_blocks(blocks, world_size)
     per_rank = [0] * world_size
@@ -241,8 +252,7 @@ def shampoo_factor_costs(m: int, n: int, *, dtype: str = "float32", block_size: 
     root to a block's ``(bm, bn)`` matrix costs ``2 bm^2 bn`` (``L``) or
     ``2 bm bn^2`` (``R``) FLOPs.
     """
-    if m <= 0 or n <= 0 or (block_size is not None and block_size <= 0):
-        raise ValueError("sizes and block_size must be positive")
+    m, n, block_size = _sizes(m, n, block_size=block_size)
     b = DTYPE_BYTES[dtype]
     rows, cols = _split(m, block_size), _split(n, block_size)
     left_sq, right_sq = sum(d * d for d in rows), sum(d * d for d in cols)
@@ -260,6 +270,7 @@ def shampoo_factor_costs(m: int, n: int, *, dtype: str = "float32", block_size: 
 
 def shampoo_blocks(m: int, n: int, block_size: int | None = None) -> int:
     """How many blocks an ``(m, n)`` matrix is cut into (``ceil(m/b) * ceil(n/b)``)."""
+    m, n, block_size = _sizes(m, n, block_size=block_size)
     return len(_split(m, block_size)) * len(_split(n, block_size))
 
 

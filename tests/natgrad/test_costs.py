@@ -192,9 +192,34 @@ def test_human_seconds():
     assert costs.human_seconds(0.0) == "0 µs"
     assert costs.human_seconds(-0.0032) == "-3.2 ms"
     assert costs.human_seconds(float("nan")) == "n/a"
+    # one of a unit is singular, and the unit is chosen after rounding to the 3 digits written
+    assert costs.human_seconds(60.0) == "1 minute" and costs.human_seconds(61.0) == "1.02 minutes"
+    assert costs.human_seconds(59.9996) == "1 minute" and costs.human_seconds(3599.9) == "1 hour"
+    assert costs.human_seconds(0.99996e-3) == "1 ms" and costs.human_seconds(86400.0) == "1 day"
 
 
 def test_human_bytes_reads_for_any_number():
     assert costs.human_bytes(999) == "999 B" and costs.human_bytes(4.1e9) == "4.1 GB"
     assert costs.human_bytes(-2.5e6) == "-2.5 MB"
+    assert costs.human_bytes(999.5) == "1 kB" and costs.human_bytes(999.6e6) == "1 GB"  # never "1e+03 B"
     assert costs.human_bytes(float("inf")) == costs.human_bytes(float("nan")) == "n/a"
+
+
+@pytest.mark.parametrize("call", [
+    lambda: costs.shampoo_blocks(10, 6, 0), lambda: costs.shampoo_blocks(10, 6, -3), lambda: costs.shampoo_blocks(0, 6, 4),
+    lambda: costs.factor_bytes(-5), lambda: costs.layer_costs(2.5, 3), lambda: costs.layer_costs(4, 0),
+    lambda: costs.shampoo_factor_costs(10, 6, block_size=0), lambda: costs.shampoo_memory(10, 6, world_size=0),
+    lambda: costs.shampoo_memory(10, 6, block_size=1.5)])
+def test_sizes_that_are_not_whole_positive_numbers_are_refused(call):
+    # (before, shampoo_blocks(10, 6, 0) divided by zero, (10, 6, -3) gave 0 blocks, (0, 6, 4) gave 2 and
+    # factor_bytes(-5) 100 bytes)
+    with pytest.raises(ValueError, match="whole numbers? of at least 1"):
+        call()
+
+
+def test_whole_sizes_of_any_integer_type_are_taken():
+    import numpy as np
+
+    assert costs.shampoo_blocks(np.int64(10), 6, 4) == 3 * 2 == costs.shampoo_blocks(10.0, 6, 4)
+    assert costs.factor_bytes(np.int32(3)) == 9 * 4
+    assert [c.entries for c in costs.layer_costs(4.0, 3)] == [c.entries for c in costs.layer_costs(4, 3)]
