@@ -88,9 +88,11 @@ class Capture:
         self._depth = 0
         self._paused = 0
         self._in_hook = False
-        self._handles = [model.register_forward_pre_hook(_Hook(self._begin), with_kwargs=True),
-                         model.register_forward_hook(_Hook(self._end), always_call=True)]
+        # Forward hooks of one module run in the order they were registered: the layers' before the model's end,
+        # so that a model that is itself a layer (a bare nn.Linear) is recorded before its pass is closed.
+        self._handles = [model.register_forward_pre_hook(_Hook(self._begin), with_kwargs=True)]
         self._handles += [m.register_forward_hook(_Hook(self._layer(name))) for name, m in layers.items()]
+        self._handles.append(model.register_forward_hook(_Hook(self._end), always_call=True))
 
     def remove(self) -> None:
         for h in self._handles:

@@ -158,3 +158,27 @@ def test_a_loop_step_after_batch_steps_says_why_and_then_works():
     assert opt.steps == 2
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_model_that_is_itself_a_layer_is_trained_as_when_wrapped(loop):
+    # K-FAC's hooks on a bare nn.Linear: the layer's pass must be recorded before the model's pass is closed
+    # (it was not: the weights never moved with the fixed rule, and the default rule failed in autograd)
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 4, (6,))
+    bare = nn.Linear(3, 4).double()
+    wrapped = nn.Sequential(copy.deepcopy(bare))
+    start = torch.cat([p.detach().reshape(-1) for p in bare.parameters()])
+    runs = []
+    for model in (bare, wrapped):
+        opt = KFAC(model, likelihood="softmax")
+        for _ in range(3):
+            if loop:
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            else:
+                opt.step(x, y)
+        runs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert float((runs[0] - start).abs().max()) > 1e-3  # it trained
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=1e-12)
