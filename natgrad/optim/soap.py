@@ -57,7 +57,7 @@ from natgrad.optim.checkpoint import load_state_dict_keeping_dtypes, state_dict_
 from natgrad.optim.linalg import EventLog, all_finite, failed, retried, safe_eigh
 from natgrad.optim.shampoo import blocks as sb
 from natgrad.optim.shampoo.grafting import nonfinite_flags
-from natgrad.optim.stepping import begin_step, warn_on_manifold
+from natgrad.optim.stepping import KeepsAttributes, begin_step, warn_on_manifold
 
 EIGENBASES = ("qr", "eigh")
 
@@ -74,7 +74,7 @@ def rotate(x: torch.Tensor, bases: list[torch.Tensor], back: bool = False) -> to
     return x
 
 
-class SOAP(torch.optim.Optimizer):
+class SOAP(KeepsAttributes, torch.optim.Optimizer):
     r"""SOAP (Vyas et al. 2024, arXiv 2409.11321). Update rule: module docstring.
 
     Args:

@@ -31,3 +31,13 @@ def warn_on_manifold(opt, optimizer: str | None = None) -> None:
         from natgrad.optim.riemannian.guard import warn_euclidean
 
         warn_euclidean(params, optimizer or type(opt).__name__, stacklevel=3)
+
+
+class KeepsAttributes:
+    """Mixed into a ``torch.optim.Optimizer`` that keeps more than ``defaults``, ``state`` and
+    ``param_groups`` (step counters, event logs, block plans, a generator): torch's ``__getstate__``
+    pickles those three only, so ``copy.deepcopy`` or a pickle gave an optimizer that could neither
+    step nor save. Hooks are left out, as torch leaves them out (its ``__setstate__`` starts them empty)."""
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not (k.startswith("_optimizer_") and k.endswith("_hooks"))}

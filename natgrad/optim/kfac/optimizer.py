@@ -387,6 +387,13 @@ class KFAC(UpdateMixin, torch.optim.Optimizer):
         self.zero_grad()
 
     # ------------------------------------------------------------------ checkpoints
+    def __getstate__(self) -> dict[str, Any]:
+        # torch pickles defaults, state and param_groups only: a copy without its model, layers and hooks would
+        # fail at its first step, and a copy with them would hold hooks on a model nobody trains
+        raise TypeError("a KFAC optimizer cannot be copied or pickled: it owns its model and the hooks on it. Save "
+                        "opt.state_dict(); to go on elsewhere, build KFAC on the (copied) model and call "
+                        "load_state_dict() with it.")
+
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """Everything needed to continue bitwise identically (see :mod:`natgrad.optim.kfac.state`)."""
         return kfac_state_dict(self)

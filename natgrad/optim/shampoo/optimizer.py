@@ -42,10 +42,10 @@ from natgrad.optim.checkpoint import load_state_dict_keeping_dtypes, state_dict_
 from natgrad.optim.linalg import EPSILON_MODES, EventLog, failed, retried
 from natgrad.optim.shampoo import blocks as sb
 from natgrad.optim.shampoo.grafting import GRAFTS, graft_denominators, nonfinite_flags
-from natgrad.optim.stepping import begin_step, warn_on_manifold
+from natgrad.optim.stepping import KeepsAttributes, begin_step, warn_on_manifold
 
 
-class Shampoo(torch.optim.Optimizer):
+class Shampoo(KeepsAttributes, torch.optim.Optimizer):
     r"""Shampoo (Gupta et al. 2018) with the practical parts of Distributed
     Shampoo (Anil et al. 2020; Shi et al. 2023). Update rule: module docstring.
 

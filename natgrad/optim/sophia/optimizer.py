@@ -40,12 +40,12 @@ import torch
 from natgrad.curvature.likelihoods import check_likelihood
 from natgrad.optim.linalg import EventLog, all_finite
 from natgrad.optim.sophia.estimators import LossFn, gnb_estimate, hutchinson_estimate
-from natgrad.optim.stepping import begin_step, warn_on_manifold
+from natgrad.optim.stepping import KeepsAttributes, begin_step, warn_on_manifold
 
 ESTIMATORS = ("gnb", "hutchinson")
 
 
-class Sophia(torch.optim.Optimizer):
+class Sophia(KeepsAttributes, torch.optim.Optimizer):
     r"""Sophia (Liu et al. 2023, arXiv 2305.14342); update rule in the module docstring.
 
     Usage, Sophia-G on a classifier (``loss_fn(logits, labels)`` averaging B terms)::
