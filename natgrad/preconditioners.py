@@ -22,7 +22,7 @@ Sophia                  :math:`d = \operatorname{clip}(g / \max(\gamma \hat h, \
 K-FAC                   :math:`P = (K + \lambda I)^{-1}`, :math:`K = \operatorname{blockdiag}(A_\ell \otimes G_\ell)` (Martens & Grosse 2015, arXiv 1503.05671)
 Shampoo -1/4, -1/2      per weight matrix :math:`(L + \lambda)^{-1/p} \otimes (R + \lambda)^{-1/p}`, :math:`p = 4, 2`, with :math:`L, R` the partial traces of :math:`S`'s block (:math:`L = \mathbb{E}[G G^\top]`, :math:`R = \mathbb{E}[G^\top G]`; Gupta et al. 2018, arXiv 1802.09568; Morwani et al. 2025, arXiv 2406.17748); other parameters Adam's diagonal
 SOAP                    per weight matrix :math:`Q \operatorname{diag}(s' + \lambda)^{-1/2} Q^\top`, :math:`Q = Q_L \otimes Q_R` the eigenvectors of :math:`L, R`, :math:`s' = \operatorname{diag}(Q^\top S Q)`: Adam's second moment in Shampoo's eigenbasis (Vyas et al. 2024, arXiv 2409.11321)
-Muon                    per weight matrix :math:`d = U V^\top` for :math:`G = U \Sigma V^\top` (Jordan et al. 2024), the :math:`\lambda \to 0` limit of :math:`(GG^\top + \lambda)^{-1/4} G (G^\top G + \lambda)^{-1/4}`, which is its :math:`P`; other parameters Adam's diagonal
+Muon                    per weight matrix :math:`d = U V^\top` for :math:`G = U \Sigma V^\top` (Jordan et al. 2024; the pairs of nonzero singular values only), the :math:`\lambda \to 0` limit of :math:`(GG^\top + \lambda)^{-1/4} G (G^\top G + \lambda)^{-1/4}`, which is its :math:`P`; other parameters Adam's diagonal
 ======================  =====================================================================
 
 :func:`measure` reports per method the cosine with the natural gradient, the
@@ -94,8 +94,9 @@ def _loss(out: torch.Tensor, y: torch.Tensor, likelihood: str) -> torch.Tensor:
 
 def _gradient(model: nn.Module, X: torch.Tensor, y: torch.Tensor, likelihood: str) -> torch.Tensor:
     params = [p for _, p in param_list(model)]
-    grads = torch.autograd.grad(_loss(model(X), y, likelihood), params)
-    return torch.cat([g.reshape(-1) for g in grads]).detach()
+    grads = torch.autograd.grad(_loss(model(X), y, likelihood), params, allow_unused=True)  # unused: gradient 0
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)]
+                     ).detach()
 
 
 def matrices_of(model: nn.Module) -> tuple[MatrixParam, ...]:
@@ -235,8 +236,11 @@ def muon(c: Curvature, lam: float) -> Direction:
         return torch.kron(_power(G @ G.T, 4, lam), _power(G.T @ G, 4, lam))
 
     def direction(m: MatrixParam) -> torch.Tensor:
-        U, _, Vh = torch.linalg.svd(c.g[m.slice].reshape(m.shape), full_matrices=False)
-        return U @ Vh
+        # only the singular pairs of nonzero singular values (numerical rank, as numpy's matrix_rank): the
+        # lambda -> 0 limit keeps no direction where G has none (a rank-1 gradient, a zero one)
+        U, S, Vh = torch.linalg.svd(c.g[m.slice].reshape(m.shape), full_matrices=False)
+        r = int((S > S.max() * max(m.shape) * torch.finfo(S.dtype).eps).sum()) if S.numel() and S.max() > 0 else 0
+        return U[:, :r] @ Vh[:r]
 
     return _per_matrix(c, lam, block, direction)
 
@@ -273,21 +277,28 @@ def measure(c: Curvature, lam: float, methods: dict | None = None) -> dict[str, 
     (module docstring); ``lam`` must be positive."""
     if not lam > 0:
         raise ValueError(f"the damping lambda must be positive, got {lam}")
-    F = c.fisher + lam * torch.eye(c.size, dtype=c.fisher.dtype, device=c.fisher.device)
-    chol = torch.linalg.cholesky(F)
-    ng = torch.cholesky_solve(c.g.unsqueeze(-1), chol).squeeze(-1)
-    g_ng = float(c.g @ ng)
+    # in float64, with F's eigenvalues clamped at 0 as natural_gradient clamps them: a float32 F is PSD only up to
+    # rounding, and F + lambda I with a tiny lambda need not pass a Cholesky factorisation
+    f64 = torch.float64
+    w, Q = torch.linalg.eigh(c.fisher.to(f64))
+    w = w.clamp_min(0) + lam
+    F = (Q * w) @ Q.T
+    root = Q * w.sqrt()  # F = root root^T
+    g = c.g.to(f64)
+    ng = Q @ ((Q.T @ g) / w)
+    g_ng = float(g @ ng)
     out = {}
     for name, method in (methods or METHODS).items():
         r = method(c, lam)
         if r is None:
             continue
-        d = r.d
+        d, P = r.d.to(f64), r.P.to(f64)
         dn = float(torch.linalg.norm(d) * torch.linalg.norm(ng))
         cos = min(1.0, max(-1.0, float(d @ ng) / dn)) if dn > 0 else 0.0  # rounding can pass 1
         dFd = float(d @ F @ d)
-        captured = float(c.g @ d) ** 2 / (dFd * g_ng) if dFd > 0 and g_ng > 0 else 0.0
-        ev = torch.linalg.eigvalsh(chol.mT @ r.P @ chol).clamp_min(0)  # eig of P F = eig of C^T P C
+        captured = float(g @ d) ** 2 / (dFd * g_ng) if dFd > 0 and g_ng > 0 else 0.0
+        M = root.T @ P @ root  # eig of P F = eig of root^T P root
+        ev = torch.linalg.eigvalsh((M + M.T) / 2).clamp_min(0)
         out[name] = Measure(cos, max(0.0, 1.0 - captured) ** 0.5, ev.tolist())
     return out
 

@@ -95,7 +95,11 @@ def _output_factors(
     check_likelihood(likelihood)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    X = X.detach()  # the results carry no autograd graph (part of it would be missing: outputs under no_grad)
     out = _forward(model, X)  # (N, C)
+    if out.ndim != 2:
+        raise ValueError(f"the model's output must have shape (N, C), one row of C outputs per example; it has shape "
+                         f"{tuple(out.shape)}" + (" (return (N, 1) for one output per example)" if out.ndim == 1 else ""))
     N, C = out.shape
 
     if kind == "empirical" or (kind == "true" and mc_samples is not None):
@@ -196,9 +200,11 @@ def diag_fisher(
     for the GGN, sampled or observed per-example gradients). Same arguments and
     meaning as :func:`exact_fisher`. ``kind="empirical"`` is the mean of squared
     per-example gradients — what Adam's second moment would be if it averaged
-    per-example rather than mini-batch squares (Kunstner et al. 2019); the
-    Gauss-Newton-Bartlett estimator of Sophia is ``kind="true"`` with
-    ``mc_samples=1`` (Liu et al. 2023, arXiv 2305.14342).
+    per-example rather than mini-batch squares (Kunstner et al. 2019). Sophia's
+    Gauss-Newton-Bartlett estimator (Liu et al. 2023, arXiv 2305.14342) is :math:`N\hat g \odot \hat g`
+    for the mean gradient :math:`\hat g` with labels drawn from the model: it equals ``kind="true"``
+    only in expectation (the per-example scores have mean 0, so the cross terms vanish), not draw by
+    draw as ``kind="true"`` with ``mc_samples=1`` would.
     """
     P = num_params(model)
     first = next(iter(param_list(model)))[1]

@@ -81,7 +81,8 @@ def kfac_factors(
     ``generator``), or ``"empirical"`` (observed ``y``).
 
     For one example, ``kfac_block(A, G, has_bias)`` equals the exact Fisher
-    block of the layer. Conventions match curvlinops' ``KFACLinearOperator``
+    block of the layer. A layer the forward pass does not call (an unused head) gets zero factors,
+    as its exact Fisher block is zero. Conventions match curvlinops' ``KFACLinearOperator``
     with ``separate_weight_and_bias=False`` and a ``reduction="mean"``
     ``CrossEntropyLoss`` (for ``MSELoss(reduction="sum")`` curvlinops' G is 2N
     times ours for type-2/mc and 4N times for empirical).
@@ -97,6 +98,7 @@ def kfac_factors(
     require_independent_examples(model)
     names = [n for n, _ in layers]
     params = {n: p.detach() for n, p in param_list(model)}
+    X = X.detach()  # the factors carry no autograd graph
     N = X.shape[0]
 
     state: dict[str, object] = {}
@@ -145,11 +147,15 @@ def kfac_factors(
 
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for (name, module), g in zip(layers, grads, strict=True):
+        if name not in inputs:  # a layer the forward pass never calls: no statistics, as its Fisher block is 0
+            width = module.in_features + (module.bias is not None)
+            factors[name] = (X.new_zeros(width, width), X.new_zeros(module.out_features, module.out_features))
+            continue
         a = inputs[name].detach()  # (N, in)
         if module.bias is not None:
             a = torch.cat([a, a.new_ones(N, 1)], dim=1)  # (N, in+1), homogeneous 1 last
         A = a.T @ a / N
         g = g.reshape(-1, g.shape[-1])  # (K*N, out)
         G = g.T @ g / N
-        factors[name] = (A, G)
+        factors[name] = (A, G.detach())
     return factors

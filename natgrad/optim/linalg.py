@@ -165,6 +165,8 @@ def effective_epsilon(eigenvalues: torch.Tensor, eps: float, epsilon_mode: str =
     if epsilon_mode == "absolute":
         return eps
     if epsilon_mode == "relative":
+        if eigenvalues.shape[-1] == 0:  # a 0 x 0 matrix: nothing to regularise
+            return eps
         lam_max = eigenvalues.amax(dim=-1, keepdim=True)  # (..., 1)
         return torch.where(lam_max > 0, eps * lam_max, torch.full_like(lam_max, eps))
     raise ValueError(f"epsilon_mode must be one of {EPSILON_MODES}, got {epsilon_mode!r}")

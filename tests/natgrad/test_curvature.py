@@ -338,3 +338,24 @@ def test_batch_norm_and_dropout_need_eval_mode_and_then_give_the_per_example_fis
         rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
     G = torch.stack(rows)
     torch.testing.assert_close(exact_fisher(model, X, y, kind="empirical"), G.T @ G / N, rtol=1e-10, atol=1e-12)
+
+
+def test_inputs_that_need_a_gradient_give_the_same_matrices_without_a_graph():
+    # (the graph was partial: outputs under no_grad, so d tr(F)/dX came out wrong; G of one layer kept a graph)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 3, (5,))
+    Xg = X.clone().requires_grad_(True)
+    for kind in ("true", "empirical", "ggn"):
+        F = exact_fisher(model, Xg, y, kind=kind)
+        assert not F.requires_grad
+        torch.testing.assert_close(F, exact_fisher(model, X, y, kind=kind), rtol=0, atol=0)
+    for name, (A, G) in kfac_factors(model, Xg, y).items():
+        assert not A.requires_grad and not G.requires_grad, name
+
+
+def test_a_model_with_one_output_per_example_must_say_so_with_a_column():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Flatten(0))  # (N,) outputs
+    X = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"shape \(N, C\).*\(4,\).*\(N, 1\)"):
+        exact_fisher(model, X, torch.randn(4), likelihood="gaussian")

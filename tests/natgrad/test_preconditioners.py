@@ -5,6 +5,8 @@ the polar factor for Muon, and the definitions of the three measurements."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -147,6 +149,29 @@ def test_muon_direction_is_the_polar_factor_and_sophia_clips():
     torch.testing.assert_close(s[8:], c.g[8:] / (pc.SOPHIA_GAMMA * 1e4))
 
 
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_muon_keeps_no_direction_where_the_gradient_has_none(rank):
+    # the lambda -> 0 limit of (GG^T + lambda)^(-1/4) G (G^T G + lambda)^(-1/4), computed at a tiny lambda by
+    # eigendecompositions: U_r V_r^T over the r nonzero singular values (a full U V^T had singular values 1 where
+    # G has 0; a zero gradient gave a nonzero step)
+    g = torch.Generator().manual_seed(rank)
+    G = torch.randn(5, rank, generator=g, dtype=D) @ torch.randn(rank, 4, generator=g, dtype=D)
+    c = pc.Curvature(g=G.reshape(-1), fisher=torch.eye(20, dtype=D), statistic=torch.eye(20, dtype=D),
+                     matrices=(pc.MatrixParam("W", 0, (5, 4)),))
+    d = pc.muon(c, 1e-3).d.reshape(5, 4)
+    lam = 1e-14
+
+    def power(M):
+        w, Q = torch.linalg.eigh(M)
+        return Q @ torch.diag((w.clamp_min(0) + lam) ** -0.25) @ Q.T
+
+    limit = power(G @ G.T) @ G @ power(G.T @ G)
+    torch.testing.assert_close(d, limit, atol=1e-5, rtol=0)
+    assert torch.linalg.matrix_rank(d) == rank
+    sv = torch.linalg.svdvals(d)
+    torch.testing.assert_close(sv[:rank], torch.ones(rank, dtype=D))
+
+
 @pytest.mark.parametrize("shape", [(24, 16), (8, 32)])
 def test_muon_is_shampoo_without_accumulation(shape):
     r = pc.muon_as_shampoo(*shape, seed=1)
@@ -178,3 +203,41 @@ def test_a_convolutional_model_is_compared_without_kfac():
     lam_eye = 1e-3 * torch.eye(c.size, dtype=torch.float64)
     torch.testing.assert_close(pc.natural_gradient(c, 1e-3).d, torch.linalg.solve(c.fisher + lam_eye, c.g))
     assert results["natural gradient"].cosine == pytest.approx(1.0)
+
+
+def test_a_layer_the_forward_pass_skips_has_zero_factors_and_zero_gradient():
+    # an unused head: K-FAC's factors were a KeyError, and from_model failed on the head's missing gradient
+    class WithUnusedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    model = WithUnusedHead().to(D)
+    X, y = torch.randn(1, 3, dtype=D), torch.tensor([2])
+    c = pc.from_model(model, X, y, "softmax")
+    # one example and one layer in use: K-FAC is that layer's exact Fisher block, and the head's block is 0 in both
+    torch.testing.assert_close(c.kfac, c.fisher)
+    assert torch.count_nonzero(c.fisher[12:]) == 0 and torch.count_nonzero(c.g[12:]) == 0
+    assert torch.count_nonzero(c.g[:12]) > 0
+    assert "K-FAC" in pc.measure(c, 1e-3)
+
+
+def test_measure_takes_a_float32_fisher_at_a_tiny_damping():
+    # F in float32 is PSD only up to rounding: a Cholesky of F + 1e-8 I failed; the natural gradient clamps
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3))
+    X, y = torch.randn(6, 3), torch.randint(0, 3, (6,))
+    c = pc.from_model(model, X, y, "softmax")
+    assert c.fisher.dtype == torch.float32 and torch.linalg.eigvalsh(c.fisher.double()).min() < 1e-6
+    m = pc.measure(c, 1e-8)
+    for x in m.values():  # (float32 directions are inexact at a condition number of 1e8, but every number is one)
+        assert -1 <= x.cosine <= 1 and 0 <= x.relative_error <= 1
+        assert all(v >= 0 and math.isfinite(v) for v in x.eigenvalues)
+    # SGD's d = g is exact in float32: its cosine is the float64 one
+    c64 = pc.Curvature(**{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in vars(c).items()})
+    assert m["SGD"].cosine == pytest.approx(pc.measure(c64, 1e-8)["SGD"].cosine, rel=1e-4)
+    assert pc.measure(c64, 1e-8)["natural gradient"].cosine == pytest.approx(1.0, abs=1e-9)

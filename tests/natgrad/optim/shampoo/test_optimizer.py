@@ -515,3 +515,10 @@ def test_runs_on_every_available_device(device, X):
         runs.append([p.detach().cpu() for p in model.parameters()])
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_the_root_of_an_empty_matrix_is_empty_in_either_epsilon_mode(mode):
+    # (the relative mode took the largest of no eigenvalues: IndexError)
+    root, event = matrix_inverse_root(torch.zeros(0, 0), 2, 1e-6, epsilon_mode=mode)
+    assert root.shape == (0, 0) and event is None
