@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable
@@ -286,6 +287,31 @@ def make_stepper(name: str, task: Task | ObjectiveTask, hparams: dict[str, Any])
         return builder(task, **hparams)
 
 
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
+def _check_spec(spec: Spec) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a spec names; a ValueError naming the field for a spec no run can follow
+    (as opposed to settings a run can try and fail with, which end the run with a message)."""
+    if not _whole(spec.steps, 1):
+        raise ValueError(f"steps must be a whole number of at least 1, got {spec.steps!r}")
+    if spec.batch_size is not None and not _whole(spec.batch_size, 1):
+        raise ValueError(f"batch_size must be None (the full batch) or a whole number of at least 1, got {spec.batch_size!r}")
+    if spec.eval_every is not None and not _whole(spec.eval_every, 0):
+        raise ValueError(f"eval_every must be None, 0 (never) or a whole number of steps, got {spec.eval_every!r}")
+    if not _whole(spec.threads, 1):
+        raise ValueError(f"threads must be a whole number of at least 1, got {spec.threads!r}")
+    dtype = getattr(torch, str(spec.dtype), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must name a torch floating-point type such as 'float32', got {spec.dtype!r}")
+    try:
+        device = torch.device(spec.device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {spec.device!r}") from exc
+    return device, dtype
+
+
 def run(
     spec: Spec,
     progress: Callable[[int, int], None] | None = None,
@@ -294,12 +320,11 @@ def run(
     """Train ``spec.steps`` updates and return the per-step record.
 
     ``progress(done, total)`` is called about 50 times; ``should_stop()`` is
-    polled at the same moments and ends the run early ("stopped").
+    polled at the same moments and ends the run early ("stopped"). A task, optimizer or
+    hyper-parameter that fails ends the run with ``status="error"`` and the reason; a spec no run
+    can follow (no steps, a batch of 0, an unknown dtype or device) raises ValueError at once.
     """
-    if spec.steps <= 0:
-        raise ValueError("steps must be positive")
-    device = torch.device(spec.device)
-    dtype = getattr(torch, spec.dtype)
+    device, dtype = _check_spec(spec)
     # Process-wide. Small models gain nothing from more threads, and with other
     # work on the machine OpenMP threads can slow a step down 40x.
     torch.set_num_threads(max(1, spec.threads))

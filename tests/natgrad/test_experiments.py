@@ -3,6 +3,7 @@
 import math
 from unittest import mock
 
+import pytest
 import torch
 
 from natgrad.experiments import Spec, run
@@ -92,3 +93,20 @@ def test_whole_data_evaluations_do_not_change_training_and_drive_steps_to():
         assert evaluated.eval_loss[0] == float(task.loss(task.inputs, task.targets))
     target = evaluated.eval_loss[2]
     assert evaluated.steps_to(target) == 10 and evaluated.seconds_to(target) == evaluated.eval_seconds[2]
+
+
+@pytest.mark.parametrize("field, value", [("steps", 0), ("steps", 2.5), ("batch_size", 0), ("batch_size", -1),
+                                          ("eval_every", -1), ("threads", 0), ("dtype", "float23"),
+                                          ("dtype", "int64"), ("device", "gpu0")])
+def test_a_spec_no_run_can_follow_is_refused_at_once_naming_the_field(field, value):
+    # (batch_size=-1 was a RuntimeError from the task, 0 a "diverged" run with learning-rate advice, eval_every=-1
+    # evaluated every step, and a bad dtype or device escaped as AttributeError / RuntimeError)
+    with pytest.raises(ValueError, match=field):
+        run(Spec(**({"task": "digits-classifier", "optimizer": "adam", "steps": 2} | {field: value})))
+
+
+def test_whole_numbers_of_any_integer_type_are_taken():
+    import numpy as np
+
+    t = run(Spec(task="digits-classifier", optimizer="adam", steps=np.int64(3), batch_size=np.int32(8)))
+    assert t.status == "ok" and t.step == [0, 1, 2]
