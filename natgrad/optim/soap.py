@@ -49,6 +49,8 @@ factors and bases. 1-D (and 0-D) parameters get plain Adam (with SOAP's
 
 from __future__ import annotations
 
+import math
+
 import time
 
 import torch
@@ -104,7 +106,8 @@ class SOAP(KeepsAttributes, torch.optim.Optimizer):
                  preconditioner_dtype: torch.dtype | None = None, skip_nonfinite: bool = True):
         b1, b2 = betas
         bs = b2 if shampoo_beta is None else shampoo_beta
-        if lr < 0 or not 0 <= b1 < 1 or not 0 <= b2 < 1 or not 0 <= bs < 1 or eps < 0 or weight_decay < 0:
+        if not lr >= 0 or not 0 <= b1 < 1 or not 0 <= b2 < 1 or not 0 <= bs < 1 or not 0 <= eps < math.inf \
+                or not 0 <= weight_decay < math.inf:  # (NaN fails every comparison)
             raise ValueError(f"need lr, eps, weight_decay >= 0 and betas, shampoo_beta in [0, 1) (got lr={lr}, "
                              f"betas={betas}, shampoo_beta={bs}, eps={eps}, weight_decay={weight_decay})")
         if precondition_frequency < 1 or max_preconditioner_dim < 1:

@@ -7,17 +7,27 @@ from collections.abc import Callable
 import torch
 
 
-def begin_step(opt: torch.optim.Optimizer, closure: Callable[[], torch.Tensor] | None
-               ) -> tuple[torch.Tensor | None, list[tuple[dict, list[torch.Tensor]]]]:
+def begin_step(opt: torch.optim.Optimizer, closure: Callable[[], torch.Tensor] | None, *, real: bool = True,
+               dense: bool = True) -> tuple[torch.Tensor | None, list[tuple[dict, list[torch.Tensor]]]]:
     """``closure()``'s loss (evaluated with gradients on, as torch.optim does; None without a
     closure) and the work of this step: ``(group, its parameters that have a gradient)`` for
     every param group with at least one such parameter. Parameters without a gradient are
-    skipped, as in torch.optim."""
+    skipped, as in torch.optim. ``real`` / ``dense``: a complex parameter / a sparse gradient is
+    refused (TypeError / RuntimeError, as torch.optim.Adam refuses sparse gradients) before anything
+    changes, for an optimizer whose matrix roots, clipping or eigenbases assume real, dense tensors."""
     loss = None
     if closure is not None:
         with torch.enable_grad():
             loss = closure()
     work = [(group, [p for p in group["params"] if p.grad is not None]) for group in opt.param_groups]
+    for _, ps in work:
+        for p in ps:
+            if real and p.is_complex():
+                raise TypeError(f"{type(opt).__name__} works on real parameters; one of shape {tuple(p.shape)} is "
+                                f"{p.dtype} (torch.view_as_real gives its real and imaginary parts as a real tensor)")
+            if dense and p.grad.is_sparse:
+                raise RuntimeError(f"{type(opt).__name__} does not take sparse gradients (a parameter of shape "
+                                   f"{tuple(p.shape)} has one): use a dense layer (e.g. nn.Embedding(sparse=False))")
     return loss, [(group, ps) for group, ps in work if ps]
 
 

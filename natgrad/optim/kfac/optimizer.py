@@ -160,8 +160,12 @@ class KFAC(UpdateMixin, torch.optim.Optimizer):
             raise ValueError("update intervals must be >= 1")
         if curvature_examples is not None and curvature_examples < 1:
             raise ValueError(f"curvature_examples must be None or >= 1, got {curvature_examples}")
-        if max_kl is not None and not max_kl > 0 or not 0 <= max_momentum:
-            raise ValueError("need max_kl > 0 (or None) and max_momentum >= 0")
+        if max_kl is not None and not max_kl > 0 or not 0 <= max_momentum or not kl_clip > 0:
+            raise ValueError(f"need max_kl > 0 (or None), max_momentum >= 0 and kl_clip > 0 (got {max_kl}, "
+                             f"{max_momentum}, {kl_clip})")
+        low, high = damping_bounds
+        if not 0 < low <= high:
+            raise ValueError(f"damping_bounds must be (low, high) with 0 < low <= high, got {tuple(damping_bounds)}")
         self.model = model
         self.layers, rest = find_layers(model)
         if not self.layers:

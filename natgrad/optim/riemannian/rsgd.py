@@ -26,11 +26,12 @@ __all__ = ["RiemannianSGD"]
 
 class RiemannianSGD(geoopt.optim.RiemannianSGD):
     """``geoopt.optim.RiemannianSGD`` whose momentum buffer starts from the Riemannian gradient
-    (module docstring); same arguments."""
+    (module docstring); same arguments. Unlike geoopt's, its step leaves ``p.grad`` as it found it, as
+    ``torch.optim.SGD`` does."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss, work = begin_step(self, closure)
+        loss, work = begin_step(self, closure, real=False, dense=False)  # as torch.optim.SGD
         for group, params in work:
             momentum, dampening, weight_decay = group["momentum"], group["dampening"], group["weight_decay"]
             if momentum <= 0:
@@ -42,5 +43,14 @@ class RiemannianSGD(geoopt.optim.RiemannianSGD):
                 rgrad = manifold.egrad2rgrad(p, p.grad + weight_decay * p)
                 # geoopt then sets buffer <- momentum * buffer + (1 - dampening) * rgrad: this start makes it rgrad
                 self.state[p]["momentum_buffer"] = rgrad * (dampening / momentum)
-        super().step()
+        # geoopt adds the weight decay and the Nesterov term into p.grad itself; torch.optim.SGD leaves .grad as
+        # backward() made it (a caller may log it, clip it or accumulate into it): geoopt gets a copy to change
+        kept = [(p, p.grad) for group, params in work if group["weight_decay"] or group["nesterov"] for p in params]
+        for p, g in kept:
+            p.grad = g.clone()
+        try:
+            super().step()
+        finally:
+            for p, g in kept:
+                p.grad = g
         return loss

@@ -34,6 +34,8 @@ settings). Distributed sharding of the blocks: Anil et al. 2020
 
 from __future__ import annotations
 
+import math
+
 import time
 
 import torch
@@ -129,16 +131,19 @@ class Shampoo(KeepsAttributes, torch.optim.Optimizer):
         preconditioner_dtype: torch.dtype | None = None,
         skip_nonfinite: bool = True,
     ):
-        if lr < 0 or not 0 <= beta1 < 1 or not 0 < beta2 < 1 or not 0 <= momentum < 1:
+        if not lr >= 0 or not 0 <= beta1 < 1 or not 0 < beta2 < 1 or not 0 <= momentum < 1:  # (NaN fails too)
             raise ValueError(f"need lr >= 0, 0 <= beta1 < 1, 0 < beta2 < 1, 0 <= momentum < 1 (got {lr}, {beta1}, "
                              f"{beta2}, {momentum})")
         for name, value, allowed in (("statistics", statistics, ("sum", "ema")), ("grafting", grafting, GRAFTS),
                                      ("epsilon_mode", epsilon_mode, EPSILON_MODES), ("tensors", tensors, sb.TENSOR_LAYOUTS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if precondition_frequency < 1 or max_preconditioner_dim < 1 or epsilon < 0 or weight_decay < 0:
+        if precondition_frequency < 1 or max_preconditioner_dim < 1 or not 0 <= epsilon < math.inf \
+                or not 0 <= weight_decay < math.inf:
             raise ValueError("precondition_frequency and max_preconditioner_dim must be >= 1, epsilon and "
-                             "weight_decay >= 0")
+                             f"weight_decay finite and >= 0 (got {epsilon}, {weight_decay})")
+        if not 0 <= graft_beta2 < 1 or not 0 <= graft_eps < math.inf:
+            raise ValueError(f"need 0 <= graft_beta2 < 1 and a finite graft_eps >= 0 (got {graft_beta2}, {graft_eps})")
         if exponent_override is not None and exponent_override <= 0:
             raise ValueError(f"exponent_override must be positive, got {exponent_override}")
         start = precondition_frequency if start_preconditioning_step is None else start_preconditioning_step

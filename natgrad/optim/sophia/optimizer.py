@@ -177,7 +177,7 @@ class Sophia(KeepsAttributes, torch.optim.Optimizer):
     def step(self, closure=None):
         """One Sophia update from ``p.grad`` (parameters without a gradient are skipped);
         returns ``closure()``'s loss when given."""
-        loss, work = begin_step(self, closure)
+        loss, work = begin_step(self, closure, dense=False)  # elementwise: sparse gradients work
         if not work:
             return loss
         if self.skip_nonfinite and not all_finite(*[p.grad for _, ps in work for p in ps]):

@@ -25,7 +25,9 @@ def test_on_flat_parameters_it_takes_torch_sgds_steps(hp):
         for p, opt in zip((ours, ref), opts, strict=True):
             opt.zero_grad()
             ((p - target) ** 3).abs().sum().backward()
+            before = p.grad.clone()
             opt.step()
+            assert torch.equal(p.grad, before)  # as SGD, the step leaves .grad as backward made it (geoopt's did not)
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 

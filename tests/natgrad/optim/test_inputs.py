@@ -1,0 +1,72 @@
+"""What natgrad's optimizers refuse, and how: hyper-parameters out of range (NaN included) at
+construction, complex parameters and sparse gradients at the first step, before anything moves."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from natgrad.optim import KFAC, SOAP, Shampoo, Sophia
+
+NAN = math.nan
+
+
+def _p(dtype=torch.float32):
+    return [torch.randn(4, 3, dtype=dtype, requires_grad=True)]
+
+
+def _net():
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Shampoo(_p(), lr=NAN), lambda: Shampoo(_p(), epsilon=NAN), lambda: Shampoo(_p(), graft_beta2=1.5),
+    lambda: Shampoo(_p(), graft_beta2=-0.5), lambda: Shampoo(_p(), graft_eps=-1.0), lambda: Shampoo(_p(), weight_decay=NAN),
+    lambda: SOAP(_p(), lr=NAN), lambda: SOAP(_p(), eps=NAN), lambda: SOAP(_p(), weight_decay=NAN),
+    lambda: KFAC(_net(), kl_clip=-1.0), lambda: KFAC(_net(), kl_clip=0.0), lambda: KFAC(_net(), damping_bounds=(1.0, 1e-3)),
+    lambda: KFAC(_net(), damping_bounds=(-1.0, 1.0)),
+], ids=["shampoo-lr-nan", "shampoo-eps-nan", "graft-beta2-1.5", "graft-beta2-neg", "graft-eps-neg", "shampoo-wd-nan",
+        "soap-lr-nan", "soap-eps-nan", "soap-wd-nan", "kl-clip-neg", "kl-clip-0", "bounds-reversed", "bounds-neg"])
+def test_hyper_parameters_out_of_range_are_refused_at_construction(make):
+    # (before: NaN parameters after the first step, a complex cast error, or a math domain error mid-training)
+    with pytest.raises(ValueError):
+        make()
+
+
+@pytest.mark.parametrize("make", [Shampoo, SOAP, Sophia])
+def test_complex_parameters_are_refused_before_anything_moves(make):
+    # (SOAP diverged silently: g'^2 instead of |g'|^2; Shampoo and Sophia failed in clamp)
+    p = torch.randn(4, 3, dtype=torch.complex64, requires_grad=True)
+    start = p.detach().clone()
+    opt = make([p])
+    p.grad = torch.randn(4, 3, dtype=torch.complex64)
+    with pytest.raises(TypeError, match="real parameters"):
+        opt.step()
+    assert torch.equal(p.detach(), start)
+
+
+@pytest.mark.parametrize("make", [Shampoo, SOAP])
+def test_sparse_gradients_are_refused_by_the_matrix_methods(make):
+    emb = nn.Embedding(5, 3, sparse=True)
+    start = emb.weight.detach().clone()
+    opt = make(emb.parameters())
+    emb(torch.tensor([0, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+    assert torch.equal(emb.weight.detach(), start)
+
+
+def test_sophia_steps_on_a_sparse_gradient_as_on_its_dense_copy():
+    torch.manual_seed(0)
+    sparse, dense = nn.Embedding(5, 3, sparse=True), nn.Embedding(5, 3)
+    dense.load_state_dict(sparse.state_dict())
+    opts = Sophia(sparse.parameters(), lr=0.1), Sophia(dense.parameters(), lr=0.1)
+    for _ in range(3):
+        for emb, opt in zip((sparse, dense), opts, strict=True):
+            opt.zero_grad()
+            (emb(torch.tensor([0, 2, 2])) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(sparse.weight, dense.weight, rtol=0, atol=1e-7)
