@@ -201,6 +201,16 @@ class KFAC(UpdateMixin, torch.optim.Optimizer):
         self.capture = Capture(model, {ly.name: ly.module for ly in self.layers}, self._on_backward)
         self.capture.output_grads = fisher_type == "empirical"
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Only while the optimizer is built: which parameters K-FAC updates follows from its model (the
+        layers' by K-FAC, the rest by the fallback), so a group added later would never be stepped."""
+        if hasattr(self, "capture"):
+            raise NotImplementedError(
+                "KFAC does not take parameter groups after it is built: it updates its model's nn.Linear and "
+                "nn.Conv2d layers and gives the model's other trainable parameters to its fallback optimizer. Make "
+                "the new parameters part of the model and build KFAC again, or give them an optimizer of their own.")
+        super().add_param_group(param_group)
+
     # ------------------------------------------------------------------ read-outs
     def remove_hooks(self) -> None:
         """Detach the hooks from the model (the optimizer cannot step afterwards)."""

@@ -70,3 +70,14 @@ def test_sophia_steps_on_a_sparse_gradient_as_on_its_dense_copy():
             (emb(torch.tensor([0, 2, 2])) ** 2).sum().backward()
             opt.step()
     torch.testing.assert_close(sparse.weight, dense.weight, rtol=0, atol=1e-7)
+
+
+def test_kfac_refuses_a_group_added_after_it_is_built():
+    # (it was accepted and never stepped: the new parameter kept its value with a gradient at every step)
+    model = _net()
+    opt = KFAC(model, likelihood="softmax")
+    extra = nn.Parameter(torch.zeros(3))
+    with pytest.raises(NotImplementedError, match="part of the model"):
+        opt.add_param_group({"params": [extra]})
+    assert len(opt.param_groups) == 1 + (opt.fallback is not None and bool(opt.fallback_params))
+    opt.step(torch.randn(5, 3), torch.randint(0, 2, (5,)))  # still steps as before
