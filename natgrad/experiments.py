@@ -197,7 +197,7 @@ def _soap(task, **hparams) -> Stepper:
 def _muon(task, **hparams) -> Stepper:
     from natgrad.optim import MuonAdam
 
-    return TorchStepper(MuonAdam(task.model.named_parameters(), **hparams), task)
+    return TorchStepper(MuonAdam(task.model, **hparams), task)  # the model: its embeddings go to AdamW
 
 
 def _manifold_aware(builder: Callable[..., Stepper]) -> Callable[..., Stepper]:

@@ -17,7 +17,8 @@ is Shampoo's step (Gupta et al. 2018, arXiv 1802.09568) with statistics from
 this one matrix (see :func:`natgrad.preconditioners.muon_as_shampoo`).
 
 The authors apply it to hidden-layer matrices only; biases, gains, embeddings
-and the output layer go to AdamW. Here the Muon part is ``torch.optim.Muon``
+and the output layer go to AdamW (:func:`split_parameters`; embeddings only when
+:class:`MuonAdam` is given the model itself). Here the Muon part is ``torch.optim.Muon``
 (torch 2.13) and the rest ``torch.optim.AdamW``; :class:`MuonAdam` drives both
 as one optimizer.
 """
@@ -25,6 +26,7 @@ as one optimizer.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from natgrad.optim.stepping import warn_on_manifold
 
@@ -32,14 +34,29 @@ OUTPUT_LAYER = ("adam", "muon")
 
 
 def split_parameters(named_params, output_layer: str = "adam") -> tuple[list, list]:
-    """``(muon, adam)`` lists of ``(name, parameter)``: every 2-D parameter goes to Muon
-    except the last one (the output layer) when ``output_layer="adam"``; all others
-    (biases, convolution kernels, scalars) go to AdamW."""
+    """``(muon, adam)`` lists of ``(name, parameter)`` of the trainable parameters.
+
+    ``named_params`` is a model (``nn.Module``) or its ``named_parameters()``. Muon gets the 2-D
+    parameters except, when ``output_layer="adam"``, the last one registered (the output layer);
+    AdamW gets the rest (biases, gains, convolution kernels, scalars). Given the model, the weights
+    of its ``nn.Embedding`` / ``nn.EmbeddingBag`` modules go to AdamW too, and so does an output
+    layer tied to one (then no other matrix is taken for the output layer); from names alone an
+    embedding cannot be told from a hidden matrix, so pass the model when it has embeddings."""
     if output_layer not in OUTPUT_LAYER:
         raise ValueError(f"output_layer must be one of {OUTPUT_LAYER}, got {output_layer!r}")
-    named = [(n, p) for n, p in named_params if p.requires_grad]
-    matrices = [i for i, (_, p) in enumerate(named) if p.ndim == 2]
-    if output_layer == "adam" and matrices:
+    model = named_params if isinstance(named_params, nn.Module) else None
+    items = list(model.named_parameters() if model is not None else named_params)
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor)):
+            raise TypeError("MuonAdam needs the model or model.named_parameters() ((name, parameter) pairs), not "
+                            f"{type(item).__name__} items such as model.parameters() gives: it tells the output "
+                            "layer and the embeddings from the hidden matrices")
+    named = [(n, p) for n, p in items if p.requires_grad]
+    embedding = {id(m.weight) for m in (model.modules() if model is not None else ())
+                 if isinstance(m, nn.Embedding | nn.EmbeddingBag)}
+    matrices = [i for i, (_, p) in enumerate(named) if p.ndim == 2 and id(p) not in embedding]
+    tied = model is not None and any(isinstance(m, nn.Linear) and id(m.weight) in embedding for m in model.modules())
+    if output_layer == "adam" and matrices and not tied:
         matrices = matrices[:-1]
     chosen = set(matrices)
     return [named[i] for i in sorted(chosen)], [x for i, x in enumerate(named) if i not in chosen]
@@ -50,7 +67,8 @@ class MuonAdam:
     (module docstring), stepped, zeroed and checkpointed together.
 
     Args:
-        named_params: ``model.named_parameters()``.
+        named_params: the model, or ``model.named_parameters()`` (see :func:`split_parameters`: only
+            the model lets embeddings go to AdamW).
         lr, momentum, nesterov, weight_decay, ns_steps: Muon's (torch.optim.Muon).
         adam_lr, adam_betas, adam_eps, adam_weight_decay: AdamW's for the other parameters.
         output_layer: ``"adam"`` (the authors' choice) or ``"muon"``.
