@@ -156,6 +156,12 @@ class Shampoo(KeepsAttributes, torch.optim.Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay, preconditioner_dtype=preconditioner_dtype)
         super().__init__(params, defaults)
         warn_on_manifold(self)
+        if any(p.dtype == torch.float16 for g in self.param_groups for p in g["params"]):
+            # float16 tops out at 65504: an inverse root of small statistics, or the direction before grafting
+            # rescales it, overflows to inf and the parameters become inf/NaN from the first step
+            raise ValueError("Shampoo does not take float16 parameters: its inverse roots overflow float16's range "
+                             "(largest 65504). Keep float32 parameters (torch.autocast computes in float16 where "
+                             "that is safe) or use bfloat16.")
         self.skip_nonfinite = skip_nonfinite
         self.root_failures = 0
         self.fp64_retries = 0

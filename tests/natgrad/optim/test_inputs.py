@@ -81,3 +81,16 @@ def test_kfac_refuses_a_group_added_after_it_is_built():
         opt.add_param_group({"params": [extra]})
     assert len(opt.param_groups) == 1 + (opt.fallback is not None and bool(opt.fallback_params))
     opt.step(torch.randn(5, 3), torch.randint(0, 2, (5,)))  # still steps as before
+
+
+def test_shampoo_refuses_float16_parameters_and_takes_bfloat16():
+    # (float16 parameters were inf after the first step, with or without float32 preconditioners, and nothing said so)
+    with pytest.raises(ValueError, match="float16"):
+        Shampoo(_p(torch.float16))
+    p = _p(torch.bfloat16)[0]
+    opt = Shampoo([p], lr=0.01, precondition_frequency=1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        p.grad = torch.randn(4, 3, generator=g).to(torch.bfloat16)
+        opt.step()
+    assert torch.isfinite(p).all()
