@@ -207,13 +207,16 @@ class Shampoo(KeepsAttributes, torch.optim.Optimizer):
         self.events.record(self._steps_taken, kind, where, message)
 
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        """The state ``p`` needs under its group's current settings: all of it at the first step; later, what a
+        changed setting needs (beta1 raised from 0, a graft with a second moment), started at zero."""
         state = self.state[p]
-        state["step"] = 0
-        if group["beta1"] > 0:
+        if not state:
+            state["step"] = 0
+            state["blocks"] = {b.key[1]: sb.init_block_state(b, p.device) for b in self.blocks()[p] if self._owns(b.key)}
+        if group["beta1"] > 0 and "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if group["grafting"] in ("adagrad", "rmsprop", "adam"):
+        if group["grafting"] in ("adagrad", "rmsprop", "adam") and "graft" not in state:
             state["graft"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["blocks"] = {b.key[1]: sb.init_block_state(b, p.device) for b in self.blocks()[p] if self._owns(b.key)}
 
     def _nonfinite(self, grads: list[torch.Tensor]) -> bool:
         if not self.skip_nonfinite:
@@ -238,8 +241,7 @@ class Shampoo(KeepsAttributes, torch.optim.Optimizer):
         for group, ps in work:
             states = [self.state[p] for p in ps]
             for p, st in zip(ps, states, strict=True):
-                if not st:
-                    self._init_state(p, group)
+                self._init_state(p, group)
                 st["step"] += 1
             ts = [st["step"] for st in states]
             grads = [p.grad for p in ps]
@@ -315,7 +317,7 @@ class Shampoo(KeepsAttributes, torch.optim.Optimizer):
                              f"parameter step {t}: {ev}")
 
     def _apply(self, group, ps, nums, dens, cs, on, plan, directions) -> None:
-        lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+        lr, wd, mu = float(group["lr"]), group["weight_decay"], group["momentum"]  # (a tensor lr, as torch allows)
         decay = 1 - lr * wd if wd and group["decoupled_weight_decay"] else None
         graft_only = [i for i in range(len(ps)) if not on[i]] if mu == 0 else []
         if graft_only:  # the pure graft, with the arithmetic of torch.optim's single-tensor loops

@@ -94,3 +94,20 @@ def test_shampoo_refuses_float16_parameters_and_takes_bfloat16():
         p.grad = torch.randn(4, 3, generator=g).to(torch.bfloat16)
         opt.step()
     assert torch.isfinite(p).all()
+
+
+def test_shampoo_takes_settings_changed_between_steps():
+    # (raising beta1 from 0 was a KeyError for the missing first moment, a graft with a second moment after
+    # grafting=None a TypeError, and a tensor learning rate a TypeError in the graft-only steps)
+    p = _p()[0]
+    opt = Shampoo([p], lr=torch.tensor(0.01), beta1=0.0, grafting=None, precondition_frequency=2,
+                  start_preconditioning_step=3)
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):
+        if step == 2:
+            opt.param_groups[0].update(beta1=0.9, grafting="adam")
+        p.grad = torch.randn(4, 3, generator=g)
+        opt.step()
+    state = opt.state[p]
+    assert torch.isfinite(p).all() and state["step"] == 6
+    assert state["exp_avg"].abs().sum() > 0 and state["graft"].abs().sum() > 0
