@@ -10,8 +10,8 @@ arXiv 1905.12558), the model's weight matrices, K-FAC's block-diagonal
 :math:`A \otimes G` matrix and Sophia's Gauss-Newton-Bartlett estimate. Each
 method of :data:`METHODS` returns its direction :math:`d` and the symmetric
 positive semi-definite matrix :math:`P` behind it (:math:`d = P g` unless said
-otherwise); every one adds the same :math:`\lambda` to its curvature before
-taking its power:
+otherwise); every one but Sophia adds the same :math:`\lambda` to its curvature before
+taking its power (Sophia's floor :math:`\epsilon` and its clipping play that part):
 
 ======================  =====================================================================
 natural gradient        :math:`P = (F + \lambda I)^{-1}`
