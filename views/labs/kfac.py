@@ -233,8 +233,8 @@ def kfac_cost(lab: Lab) -> None:
     log = st.toggle("log scale", value=True, key="kc-log", bind="query-params",
                     help="A log scale shows sizes that differ a million-fold side by side but makes a 4x "
                          "difference look small; switch it off to compare bar heights directly.")
-    chart(costs_figure(rows, {"bytes": "memory", "invert": "FLOPs to invert"}, f"one {m:,} x {n:,} dense layer: what "
-                       "each representation of its curvature costs", log=log, axis_titles={"invert": "FLOPs"}), "kc-costs")
+    chart(costs_figure(rows, {"bytes": "memory", "invert": "FLOPs to invert"}, f"curvature of one {m:,} x {n:,} layer",
+                       log=log, axis_titles={"invert": "FLOPs"}), "kc-costs")
     st.caption("Layer with bias: K-FAC's A is (n+1)x(n+1). Eigendecomposition counted as 9d³ FLOPs. "
                "SI units: 1 GB = 10⁹ bytes.")
     if st.button("Measure inversion (eigendecomposition) times on this device", key="kc-measure",
