@@ -101,7 +101,8 @@ def taxonomy() -> Tree:
 
 def balanced_tree(branching: int = 3, depth: int = 3) -> Tree:
     """Every inner node has ``branching`` children, leaves at ``depth``; nodes named by their path ("r", "r.0.2")."""
-    if branching < 1 or depth < 0 or (branching ** (depth + 1) - 1) // max(branching - 1, 1) > 400:
+    nodes = depth + 1 if branching == 1 else (branching ** (depth + 1) - 1) // (branching - 1)
+    if branching < 1 or depth < 0 or nodes > 400:
         raise ValueError(f"need branching >= 1, depth >= 0 and at most 400 nodes, got {branching}, {depth}")
     names, parent, frontier = ["r"], [-1], [0]
     for _ in range(depth):

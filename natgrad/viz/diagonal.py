@@ -73,8 +73,9 @@ def contour_paths_figure(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, pat
                                  marker=dict(size=4, color=color)))
         fig.add_trace(go.Scatter(x=[pts[-1, 0]], y=[pts[-1, 1]], mode="markers", showlegend=False, hoverinfo="skip",
                                  marker=dict(symbol="x", size=12, color=color, line=dict(width=1, color="white"))))
-    if len(paths):
-        start = np.asarray(next(iter(paths.values())), dtype=float)[0]
+    first = next((np.asarray(p, dtype=float) for p in paths.values() if len(p)), None)  # an empty path has no start
+    if first is not None:
+        start = first[0]
         fig.add_trace(go.Scatter(x=[start[0]], y=[start[1]], mode="markers", name="start",
                                  marker=dict(symbol="circle-open", size=14, color="black", line=dict(width=2))))
     for name, (mx, my) in (marks or {}).items():

@@ -35,7 +35,7 @@ def loss_figure(trajectories: Mapping[str, object], x: str = "step", title: str 
         ys = [v if math.isfinite(v) and v > 0 else None for v in t.loss]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=label,
                                  line=dict(color=_color(label, i), width=2, dash=dash_of(label))))
-        if t.status == "diverged" and xs:
+        if t.status == "diverged" and len(xs):  # (numpy arrays have no truth value)
             fig.add_trace(go.Scatter(x=[xs[-1]], y=[next((v for v in reversed(ys) if v), None)], mode="markers",
                                      marker=dict(symbol="x", size=12, color=_color(label, i)),
                                      name=f"{label} diverged", showlegend=False))

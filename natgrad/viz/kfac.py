@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -18,7 +19,7 @@ MARKS = {  # stats() flag -> (legend name, marker)
 
 
 def _finite(v) -> bool:
-    return v is not None and isinstance(v, int | float) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # numpy scalars too
 
 
 def safeguard_trace_figure(step: Sequence[int], traces: Mapping[str, Sequence[float | None]],

@@ -26,7 +26,7 @@ def race_figure(trajectories: Mapping[str, object], title: str = "") -> go.Figur
         for col, xs in ((1, steps), (2, secs)):
             fig.add_trace(go.Scatter(x=list(xs), y=ys, mode="lines", name=name, legendgroup=name,
                                      showlegend=col == 1, line=dict(color=color, width=2, dash=dash_of(name))), row=1, col=col)
-            if t.status == "diverged" and xs:
+            if t.status == "diverged" and len(xs):  # (numpy arrays have no truth value)
                 fig.add_trace(go.Scatter(x=[xs[-1]], y=[next((v for v in reversed(ys) if v), None)], mode="markers",
                                          marker=dict(symbol="x", size=12, color=color), legendgroup=name,
                                          showlegend=False, name=f"{name} diverged"), row=1, col=col)

@@ -10,6 +10,7 @@ parts of a cost) take colours from :data:`SPARE`, which no named method uses.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -148,6 +149,11 @@ HPARAM_NAMES = {"lr": "learning rate", "rho": "γ", "damping": "damping λ", "we
                 "exponent_override": "exponent −1/"}
 
 
+def _real(v: object) -> bool:
+    """A float of any kind (numpy's float32 included), not an int or a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)
+
+
 def hparams_text(hparams: Mapping[str, object], keys: Iterable[str] | None = None) -> str:
     """Hyper-parameters in words for a legend, 3 significant digits: ``{'lr': 0.00588, 'damping': 0.1}``
     -> "learning rate 0.00588, damping λ 0.1" (never a Python dict). ``keys``: only these, in this order."""
@@ -155,10 +161,10 @@ def hparams_text(hparams: Mapping[str, object], keys: Iterable[str] | None = Non
     parts = []
     for k in chosen:
         v = hparams[k]
-        if isinstance(v, float):
+        if _real(v):
             v = f"{v:.3g}"
         elif isinstance(v, (list, tuple)):
-            v = ", ".join(f"{x:.3g}" if isinstance(x, float) else str(x) for x in v)
+            v = ", ".join(f"{x:.3g}" if _real(x) else str(x) for x in v)
             v = f"({v})"
         name = HPARAM_NAMES.get(k, k.replace("_", " "))
         parts.append(f"{name}{v}" if name.endswith("/") else f"{name} {v}")

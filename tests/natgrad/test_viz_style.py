@@ -224,3 +224,26 @@ def test_every_figure_has_a_title_and_axis_titles():
         spec = json.loads(fig.to_json())["layout"]
         assert spec.get("title", {}).get("text")
         assert spec["xaxis"].get("title", {}).get("text") and spec["yaxis"].get("title", {}).get("text")
+
+
+def test_figures_take_numpy_scalars_and_arrays():
+    # numpy float32 traces were dropped (the 'rejected' marker then sat at 0 on a log axis), float32
+    # hyper-parameters printed 17 digits, and numpy trajectories of a diverged run raised 'truth value ambiguous'
+    from natgrad.viz import contour_paths_figure
+    from natgrad.viz.race import race_figure
+
+    f = safeguard_trace_figure([0, 1, 2], {"damping": np.array([1e-3, 2e-3, 4e-3], np.float32)}, {"rejected": [0, 1, 0]},
+                               log_y=["damping"])
+    assert list(f.data[0].y) == pytest.approx([1e-3, 2e-3, 4e-3], rel=1e-6)
+    assert list(f.data[1].y) == pytest.approx([2e-3], rel=1e-6)
+    assert hparams_text({"lr": np.float32(0.0012345), "betas": (np.float32(0.9), 0.999)}) == \
+        "learning rate 0.00123, β (0.9, 0.999)"
+    t = SimpleNamespace(step=np.arange(3), seconds=np.arange(3.0), loss=np.array([1.0, 2.0, np.nan]), status="diverged")
+    for make in (loss_figure, race_figure):
+        fig = make({"Adam": t})
+        assert any(d.marker.symbol == "x" for d in fig.data)  # the divergence is marked
+    xs = np.linspace(-1, 1, 5)
+    fig = contour_paths_figure(xs, xs, np.add.outer(xs, xs) ** 2,
+                               {"Adam": np.zeros((0, 2)), "SGD": np.array([[0.2, 0.3], [0.1, 0.1]])})
+    start = next(d for d in fig.data if d.name == "start")  # the first path with points starts it
+    assert (start.x[0], start.y[0]) == (0.2, 0.3)

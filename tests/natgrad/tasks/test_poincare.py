@@ -97,3 +97,12 @@ def test_plain_adam_leaves_the_disk_at_the_same_step_every_time():
     x = np.array([[first.extras[f"x{i}"][left], first.extras[f"y{i}"][left]] for i in range(n)])
     out = np.linalg.norm(x, axis=1) >= 1
     assert out.any() and np.isnan(poincare_distances(torch.tensor(x)).numpy()[out][:, ~out]).all()
+
+
+def test_a_chain_counts_its_nodes_against_the_limit():
+    # (with branching 1 the node count came out 0, so a 1001-node chain passed the 400-node limit)
+    assert len(balanced_tree(1, 399).names) == 400
+    with pytest.raises(ValueError, match="400 nodes"):
+        balanced_tree(1, 400)
+    with pytest.raises(ValueError, match="400 nodes"):
+        balanced_tree(2, 8)  # 511 nodes, as before
