@@ -82,19 +82,33 @@ def traces_figure(step: Sequence[int], traces: Mapping[str, Sequence[float | Non
 
 # ------------------------------------------------------------------------------------ Fisher heatmaps
 def _signed_log_scale(matrices: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """(s, zmax): entries are drawn as sign(x) log10(1 + |x|/s), s = 1e-4 of the first matrix's largest."""
-    first = np.asarray(next(iter(matrices.values())), dtype=float)
-    scale = max(float(np.abs(first).max()) * 1e-4, 1e-30)
-    zmax = max(float(np.abs(np.log10(1 + np.abs(np.asarray(m, dtype=float)) / scale)).max()) for m in matrices.values())
+    """(s, zmax): entries are drawn as sign(x) log10(1 + |x|/s), s = 1e-4 of the first matrix's largest
+    finite entry (non-finite entries are left out of both: they are drawn grey)."""
+    arrays = [np.asarray(m, dtype=float) for m in matrices.values()]
+    if not arrays or any(a.ndim != 2 or a.size == 0 for a in arrays):
+        raise ValueError("each matrix to draw must be 2-D and not empty")
+
+    def largest(a: np.ndarray) -> float:
+        finite = np.abs(a[np.isfinite(a)])
+        return float(finite.max()) if finite.size else 0.0
+
+    scale = max(largest(arrays[0]) * 1e-4, 1e-30)
+    zmax = max(float(np.log10(1 + largest(a) / scale)) for a in arrays)
     return scale, max(zmax, 1e-12)
 
 
 LEVELS = 254  # colour levels of a heatmap: 0 .. LEVELS, LEVELS / 2 is a zero entry
+NOT_FINITE = 255  # the level (grey) of a NaN or infinite entry
+NOT_FINITE_RGB = (128, 128, 128)
 
 
 def _level(z: np.ndarray | float, zmax: float) -> np.ndarray:
-    """Signed-log values in [-zmax, zmax] -> colour levels 0 .. LEVELS (uint8)."""
-    return np.rint((np.asarray(z, dtype=float) + zmax) / (2 * zmax) * LEVELS).astype(np.uint8)
+    """Signed-log values in [-zmax, zmax] -> colour levels 0 .. LEVELS (uint8); NaN or inf -> NOT_FINITE."""
+    z = np.asarray(z, dtype=float)
+    finite = np.isfinite(z)
+    levels = np.full(z.shape, NOT_FINITE, dtype=np.uint8)
+    levels[finite] = np.rint((np.clip(z[finite], -zmax, zmax) + zmax) / (2 * zmax) * LEVELS).astype(np.uint8)
+    return levels
 
 
 def _colorbar(scale: float, zmax: float) -> dict:
@@ -138,9 +152,10 @@ def _png(levels: np.ndarray, palette: np.ndarray) -> bytes:
 
 
 def _palette() -> np.ndarray:
-    """(LEVELS + 1, 3) uint8: the colour of each level, as plotly draws the colour scale."""
+    """(LEVELS + 2, 3) uint8: the colour of each level, as plotly draws the colour scale, then grey for
+    NOT_FINITE."""
     colours = plotly.colors.sample_colorscale(COLORSCALE, [k / LEVELS for k in range(LEVELS + 1)], colortype="tuple")
-    return np.rint(np.asarray(colours) * 255).astype(np.uint8)
+    return np.vstack([np.rint(np.asarray(colours) * 255), [NOT_FINITE_RGB]]).astype(np.uint8)
 
 
 def _heatmap(m: np.ndarray, scale: float, zmax: float, showscale: bool, name: str) -> list:
@@ -151,7 +166,8 @@ def _heatmap(m: np.ndarray, scale: float, zmax: float, showscale: bool, name: st
     values: the K-FAC page's three of them took about 1 s to draw. The browser decodes a PNG (indexed
     colours: 145 kB for that matrix) at once; the hover names the row and column, the colour bar the value.
     """
-    levels = _level(np.sign(m) * np.log10(1 + np.abs(m) / scale), zmax)
+    with np.errstate(invalid="ignore"):  # NaN and inf entries become NOT_FINITE (grey)
+        levels = _level(np.sign(m) * np.log10(1 + np.abs(m) / scale), zmax)
     source = "data:image/png;base64," + base64.b64encode(_png(levels, _palette())).decode("ascii")
     traces = [go.Image(source=source, name=name, hovertemplate="row %{y}, column %{x}<extra></extra>")]
     if showscale:
@@ -159,6 +175,11 @@ def _heatmap(m: np.ndarray, scale: float, zmax: float, showscale: bool, name: st
                                  marker=dict(color=[0, LEVELS], cmin=0, cmax=LEVELS, colorscale=COLORSCALE,
                                              showscale=True, colorbar=_colorbar(scale, zmax))))
     return traces
+
+
+def _grey_note(m) -> str:
+    """A title's note that grey pixels are NaN or infinite entries, when there are any."""
+    return "" if np.isfinite(np.asarray(m, dtype=float)).all() else "<br>(grey: not a finite number)"
 
 
 def _boundary_lines(fig: go.Figure, m: np.ndarray, boundaries: Sequence[int], **where) -> None:
@@ -189,8 +210,8 @@ def fisher_panels(matrices: Mapping[str, np.ndarray], errors: Mapping[str, float
         n = m.shape[0]
         _boundary_lines(fig, m, boundaries)
         ticks = _layer_ticks(m.shape[0], boundaries, layer_names)
-        title = f"{name}<br>relative error {errors[name]:.1%}" if name in errors else name
-        fig.update_xaxes(title_text="parameter index (column)", constrain="domain", range=[-0.5, n - 0.5],
+        title = (f"{name}<br>relative error {errors[name]:.1%}" if name in errors else name) + _grey_note(m)
+        fig.update_xaxes(title_text="parameter index (column)", constrain="domain", range=[-0.5, m.shape[1] - 0.5],
                          showgrid=False, zeroline=False, **ticks)
         fig.update_yaxes(title_text="parameter index (row)", range=[n - 0.5, -0.5], scaleanchor="x",
                          constrain="domain", showgrid=False, zeroline=False, **ticks)
@@ -205,7 +226,7 @@ def fisher_figure(matrices: Mapping[str, np.ndarray], errors: Mapping[str, float
     """The heatmaps of :func:`fisher_panels` side by side in one figure (one shared colour bar)."""
     errors = errors or {}
     names = list(matrices)
-    titles = [f"{n}<br>relative error {errors[n]:.1%}" if n in errors else n for n in names]
+    titles = [(f"{n}<br>relative error {errors[n]:.1%}" if n in errors else n) + _grey_note(matrices[n]) for n in names]
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.06)
     scale, zmax = _signed_log_scale(matrices)
     for c, name in enumerate(names, start=1):
@@ -218,7 +239,7 @@ def fisher_figure(matrices: Mapping[str, np.ndarray], errors: Mapping[str, float
         fig.update_yaxes(range=[n - 0.5, -0.5], scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c,
                          showgrid=False, zeroline=False,
                          title_text="parameter index (row)" if c == 1 else None, **ticks)
-        fig.update_xaxes(title_text="parameter index (column)", row=1, col=c, range=[-0.5, n - 0.5],
+        fig.update_xaxes(title_text="parameter index (column)", row=1, col=c, range=[-0.5, m.shape[1] - 0.5],
                          showgrid=False, zeroline=False, **ticks)
     fig.update_layout(height=440, margin=dict(t=70, b=10, l=10, r=10))
     return fig

@@ -198,7 +198,7 @@ def test_heatmaps_have_axis_titles_named_layers_and_a_titled_colour_bar():
     assert tuple(_decode(figs[0].data[0].source)[biggest]) == (103, 0, 31)  # RdBu_r's last stop
     # an indexed-colour image (one byte a pixel, the 255 levels in its palette), not RGB's three bytes a pixel
     image = Image.open(io.BytesIO(base64.b64decode(figs[0].data[0].source.split(",", 1)[1])))
-    assert image.mode == "P" and len(image.getpalette()) // 3 == 255
+    assert image.mode == "P" and len(image.getpalette()) // 3 == 256  # 255 levels and grey for NaN / inf
     # rows run down the image and columns across it: an entry above the diagonal is drawn above it
     corner = np.zeros((3, 3))
     corner[0, 2] = 1.0
@@ -247,3 +247,17 @@ def test_figures_take_numpy_scalars_and_arrays():
                                {"Adam": np.zeros((0, 2)), "SGD": np.array([[0.2, 0.3], [0.1, 0.1]])})
     start = next(d for d in fig.data if d.name == "start")  # the first path with points starts it
     assert (start.x[0], start.y[0]) == (0.2, 0.3)
+
+
+def test_a_heatmap_draws_entries_that_are_not_finite_in_grey():
+    # (a NaN took colour level 0, the most negative entry's colour; a NaN in the first matrix was a ValueError
+    # 'cannot convert float NaN to integer')
+    a = np.array([[1.0, np.nan], [np.inf, -1.0]])
+    figs = fisher_panels({"first": a, "second": np.eye(2)})
+    pixels = _decode(figs[0].data[0].source)
+    assert tuple(pixels[0, 1]) == tuple(pixels[1, 0]) == (128, 128, 128)
+    assert tuple(pixels[0, 0]) == (103, 0, 31)  # the finite entries keep their scale: 1 is the largest
+    assert "grey: not a finite number" in figs[0].layout.title.text
+    assert "grey" not in figs[1].layout.title.text
+    with pytest.raises(ValueError, match="2-D and not empty"):
+        fisher_panels({"empty": np.zeros((0, 0))})
