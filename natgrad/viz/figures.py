@@ -13,7 +13,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.style import COLORS, PREVIOUS, byte_unit, color_of, dash_of, log_byte_ticks, log_decades
+from natgrad.viz.style import COLORS, PREVIOUS, byte_unit, color_of, dash_of, log_byte_ticks, log_decades, on_log
 
 __all__ = ["COLORS", "PREVIOUS", "color_of", "cost_figure", "costs_figure", "fisher_figure", "fisher_panels", "loss_figure", "rank_bars_figure",
            "traces_figure", "TRACE_TITLES"]
@@ -32,7 +32,7 @@ def loss_figure(trajectories: Mapping[str, object], x: str = "step", title: str 
     fig = go.Figure()
     for i, (label, t) in enumerate(trajectories.items()):
         xs = t.step if x == "step" else t.seconds
-        ys = [v if math.isfinite(v) and v > 0 else None for v in t.loss]
+        ys = [on_log(v) for v in t.loss]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=label,
                                  line=dict(color=_color(label, i), width=2, dash=dash_of(label))))
         if t.status == "diverged" and len(xs):  # (numpy arrays have no truth value)
@@ -67,7 +67,8 @@ def traces_figure(step: Sequence[int], traces: Mapping[str, Sequence[float | Non
     fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=[trace_title(n) for n in names],
                         vertical_spacing=0.12)
     for r, name in enumerate(names, start=1):
-        pairs = [(s, v) for s, v in zip(step, traces[name], strict=True) if v is not None and math.isfinite(v)]
+        keep = on_log if name in log_y else (lambda v: v if v is not None and math.isfinite(v) else None)
+        pairs = [(s, keep(v)) for s, v in zip(step, traces[name], strict=True) if keep(v) is not None]
         fig.add_trace(go.Scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines+markers",
                                  marker=dict(size=4), name=trace_title(name), showlegend=False), row=r, col=1)
         if name in log_y:

@@ -10,12 +10,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from natgrad.viz.figures import trace_title
-from natgrad.viz.style import log_decades
+from natgrad.viz.style import log_decades, on_log
 
 MARKS = {  # stats() flag -> (legend name, marker)
     "rejected": ("rejected step (loss rose; undone, damping x4)", dict(symbol="x", size=9, color="#d62728")),
     "bound": ("bound hit (trust region or momentum interval)", dict(symbol="triangle-up", size=7, color="#ff7f0e")),
 }
+
+
+def _linear(v) -> float | None:
+    """A bar on a linear axis: the value, or none for a zero or a value that is not a finite number."""
+    return float(v) if _finite(v) and v != 0 else None
 
 
 def _finite(v) -> bool:
@@ -72,7 +77,7 @@ def layer_cost_figure(rows: Sequence[Mapping[str, float | str]], log: bool = Tru
     log axis, stacked on a linear one. A part that costs nothing has no bar (never a bar of 1 on the log axis)."""
     fig = go.Figure()
     for part, color in PARTS.items():
-        fig.add_trace(go.Bar(x=[str(r["layer"]) for r in rows], y=[float(r[part]) or None for r in rows],
+        fig.add_trace(go.Bar(x=[str(r["layer"]) for r in rows], y=[on_log(r[part]) if log else _linear(r[part]) for r in rows],
                              name=part, marker_color=color))
     # stacked on a linear axis; side by side on a log axis, where stacked parts would not read as sums
     fig.update_layout(barmode="group" if log else "stack", yaxis_title="FLOPs per step (amortised)", xaxis_title="layer",

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.style import color_of, log_decades
+from natgrad.viz.style import color_of, log_decades, on_log
 
 METRICS = ("cosine with the natural gradient", "relative error (best step length)",
            "condition number of P(F + λI)")
@@ -57,9 +57,9 @@ def spectrum_figure(measures: Mapping[str, object]) -> go.Figure:
     fig = go.Figure()
     for i, (name, m) in enumerate(measures.items()):
         ev = sorted(m.eigenvalues)
-        med = ev[len(ev) // 2] or 1.0
+        med = ev[len(ev) // 2] if on_log(ev[len(ev) // 2]) else 1.0  # (an eigenvalue <= 0 is left out: a log axis)
         k = len(ev)
-        fig.add_trace(go.Scatter(x=[j / max(k - 1, 1) for j in range(k)], y=[max(v / med, 1e-16) for v in ev],
+        fig.add_trace(go.Scatter(x=[j / max(k - 1, 1) for j in range(k)], y=[on_log(v / med) for v in ev],
                                  mode="lines", name=name, line=dict(color=_color(name, i), width=2)))
     fig.update_layout(title="eigenvalues of P(F + λI), smallest to largest",
                       xaxis_title="eigenvalue rank (fraction of all)", yaxis_title="eigenvalue / median",
@@ -77,12 +77,12 @@ def training_figure(steps: Sequence[int], series: Mapping[str, Mapping[str, Sequ
                         vertical_spacing=0.07)
     r0 = 1
     if losses is not None:
-        fig.add_trace(go.Scatter(x=list(steps), y=list(losses), mode="lines+markers", name="loss", showlegend=False,
+        fig.add_trace(go.Scatter(x=list(steps), y=[on_log(v) for v in losses], mode="lines+markers", name="loss", showlegend=False,
                                  line=dict(color="#444444")), row=1, col=1)
         r0 = 2
     for i, (name, metrics) in enumerate(series.items()):
         for r, metric in enumerate(METRICS, start=r0):
-            fig.add_trace(go.Scatter(x=list(steps), y=[_finite(v) for v in metrics[metric]], mode="lines+markers",
+            fig.add_trace(go.Scatter(x=list(steps), y=[(on_log if r == len(rows) else _finite)(v) for v in metrics[metric]], mode="lines+markers",
                                      name=name, legendgroup=name, showlegend=r == r0,
                                      line=dict(color=_color(name, i), width=2), marker=dict(size=5)), row=r, col=1)
     fig.update_yaxes(type="log", exponentformat="power", row=len(rows), col=1)
@@ -97,7 +97,8 @@ def singular_values_figure(singular_values: Mapping[str, Sequence[float]]) -> go
     """Singular values, largest first, of a gradient and of updates built from it."""
     fig = go.Figure()
     for i, (name, sv) in enumerate(singular_values.items()):
-        fig.add_trace(go.Scatter(x=list(range(1, len(sv) + 1)), y=list(sv), mode="lines+markers", name=name,
+        fig.add_trace(go.Scatter(x=list(range(1, len(sv) + 1)), y=[on_log(v) for v in sv], mode="lines+markers",
+                                 name=name,
                                  line=dict(color=color_of(name, i), width=2)))
     fig.update_layout(title="singular values, largest first", xaxis_title="index (largest first)",
                       yaxis_title="singular value", yaxis_type="log", height=340, margin=dict(t=40, b=40),

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.style import color_of, dash_of, log_decades
+from natgrad.viz.style import color_of, dash_of, log_decades, on_log
 
 
 def race_figure(trajectories: Mapping[str, object], title: str = "") -> go.Figure:
@@ -21,7 +21,7 @@ def race_figure(trajectories: Mapping[str, object], title: str = "") -> go.Figur
                         subplot_titles=("loss against steps", "loss against seconds (wall clock)"))
     for i, (name, t) in enumerate(trajectories.items()):
         steps, losses, secs = t.curve() if hasattr(t, "curve") else (t.step, t.loss, t.seconds)
-        ys = [v if math.isfinite(v) and v > 0 else None for v in losses]
+        ys = [on_log(v) for v in losses]
         color = color_of(name, i)
         for col, xs in ((1, steps), (2, secs)):
             fig.add_trace(go.Scatter(x=list(xs), y=ys, mode="lines", name=name, legendgroup=name,

@@ -149,6 +149,14 @@ HPARAM_NAMES = {"lr": "learning rate", "rho": "γ", "damping": "damping λ", "we
                 "exponent_override": "exponent −1/"}
 
 
+def on_log(v: object) -> float | None:
+    """``v`` as a float where a log axis can draw it (a finite number > 0, numpy scalars included); else None,
+    a gap in a plotly line. (plotly.js draws a value <= 0 far below a log axis, as a line diving off the plot.)"""
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+        return float(v)
+    return None
+
+
 def _real(v: object) -> bool:
     """A float of any kind (numpy's float32 included), not an int or a bool."""
     return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 from types import SimpleNamespace
 
@@ -30,6 +31,7 @@ from natgrad.viz import (
     rank_bars_figure,
     recolor,
     safeguard_trace_figure,
+    traces_figure,
 )
 from natgrad.viz.preconditioners import training_figure
 from natgrad.viz.race import race_figure, step_time_figure
@@ -261,3 +263,33 @@ def test_a_heatmap_draws_entries_that_are_not_finite_in_grey():
     assert "grey" not in figs[1].layout.title.text
     with pytest.raises(ValueError, match="2-D and not empty"):
         fisher_panels({"empty": np.zeros((0, 0))})
+
+
+def _log_axis_values(fig):
+    """Every y value that a trace of ``fig`` puts on a log axis."""
+    out = []
+    for t in fig.data:
+        axis = fig.layout["yaxis" + (t.yaxis or "y")[1:]]
+        if axis.type == "log" and t.y is not None:
+            out += [v for v in t.y if v is not None]
+    return out
+
+
+def test_log_axes_get_no_value_they_cannot_draw():
+    # plotly.js draws a value <= 0 far below a log axis: a line dived off the plot to each zero
+    from natgrad.viz.preconditioners import METRICS, singular_values_figure, spectrum_figure, training_figure
+
+    figs = [traces_figure([0, 1, 2], {"damping": [0.0, -1.0, 1.0]}, log_y=["damping"]),
+            layer_cost_figure([{"layer": "1", "statistics": -3, "inverses": math.nan, "apply": 5}]),
+            singular_values_figure({"Muon": [1.0, 1.0, 0.0, 0.0]}),  # a rank-deficient matrix
+            training_figure([0, 1], {"Adam": {m: [0.1, 0.0] for m in METRICS}}, losses=[0.0, math.nan]),
+            spectrum_figure({"Adam": SimpleNamespace(eigenvalues=[-1e-3, 0.0, 1.0, 2.0])}),
+            loss_figure({"a": SimpleNamespace(step=[0, 1], seconds=[0.1, 0.2], loss=[0.0, 1.0], status="ok")})]
+    for fig in figs:
+        values = _log_axis_values(fig)
+        assert values and all(math.isfinite(v) and v > 0 for v in values), fig.layout.title.text
+    spectrum = figs[4].data[0].y
+    assert list(spectrum) == [None, None, 1.0, 2.0]  # not 1e-16: no point that is not in the data
+    # on a linear axis the same values stay (a zero trace is a line at 0)
+    linear = traces_figure([0, 1, 2], {"rho": [0.0, -1.0, 1.0]})
+    assert list(linear.data[0].y) == [0.0, -1.0, 1.0]
