@@ -50,7 +50,6 @@ factors and bases. 1-D (and 0-D) parameters get plain Adam (with SOAP's
 from __future__ import annotations
 
 import math
-
 import time
 
 import torch

@@ -35,7 +35,6 @@ settings). Distributed sharding of the blocks: Anil et al. 2020
 from __future__ import annotations
 
 import math
-
 import time
 
 import torch
