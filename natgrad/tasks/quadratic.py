@@ -85,12 +85,16 @@ class KroneckerQuadratic(nn.Module):
 def log_spectrum_matrix(dim: int, cond: float, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
     """Random SPD ``(dim, dim)`` matrix :math:`U \\operatorname{diag}(\\lambda) U^\\top`, eigenvalues from 1
     down to ``1 / cond``, evenly spaced in log scale (all 1 when ``cond`` is 1)."""
-    if dim < 1 or not cond >= 1:
-        raise ValueError(f"need dim >= 1 and a condition number >= 1, got dim={dim}, cond={cond}")
+    if dim < 1 or not 1 <= cond < math.inf:
+        raise ValueError(f"need dim >= 1 and a finite condition number >= 1, got dim={dim}, cond={cond}")
     q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))  # (dim, dim)
     lam = torch.logspace(0.0, -math.log10(cond), dim, dtype=torch.float64)  # (dim,)
     spd = q @ torch.diag(lam) @ q.T
-    return (0.5 * (spd + spd.T)).to(dtype)
+    out = (0.5 * (spd + spd.T)).to(dtype)
+    if dtype != torch.float64 and torch.linalg.eigvalsh(out.double())[0] <= 0:
+        raise ValueError(f"a condition number of {cond:g} is beyond {dtype}: rounded to it, the matrix is no longer "
+                         "positive definite; use float64 or a smaller condition number")
+    return out
 
 
 def kron_quadratic(m: int = 16, n: int = 16, cond_left: float = 100.0, cond_right: float = 100.0, seed: int = 0,
@@ -109,6 +113,7 @@ def kron_quadratic(m: int = 16, n: int = 16, cond_left: float = 100.0, cond_righ
 
 
 def kron_quadratic_task(seed: int = 0, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                        **options) -> ObjectiveTask:
-    """:func:`kron_quadratic` as a task; ``options``: ``m``, ``n``, ``cond_left``, ``cond_right``."""
-    return ObjectiveTask(kron_quadratic(seed=seed, dtype=dtype, device=device, **options))
+                        m: int = 16, n: int = 16, cond_left: float = 100.0, cond_right: float = 100.0) -> ObjectiveTask:
+    """:func:`kron_quadratic` as a task (its options named, so that an unknown one is refused by name)."""
+    return ObjectiveTask(kron_quadratic(m=m, n=n, cond_left=cond_left, cond_right=cond_right, seed=seed, dtype=dtype,
+                                        device=device))

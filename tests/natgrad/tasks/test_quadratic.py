@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from natgrad.experiments import TASKS, Spec, run
+from natgrad.experiments import TASKS, Spec, make_task, run
 from natgrad.tasks.quadratic import KroneckerQuadratic, kron_quadratic
 
 
@@ -134,3 +134,17 @@ def test_task_options_errors_are_reported_in_words():
     assert "k" in traj.message.split("its options are ")[1].split(", ")
     traj = run(Spec.make({}, task="nope", steps=3))
     assert traj.status == "error" and "unknown task" in traj.message
+
+
+def test_the_task_names_its_options_and_refuses_what_it_cannot_build():
+    # (an unknown option was a TypeError, an infinite condition number a LinAlgError later, and in float32 a
+    # condition number of 1e10 gave an indefinite A whose condition_number() was negative)
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="its options are cond_left, cond_right, m, n"):
+        make_task("kron-quadratic", 0, cpu, torch.float64, {"bogus": 1})
+    with pytest.raises(ValueError, match="finite condition number"):
+        make_task("kron-quadratic", 0, cpu, torch.float64, {"cond_left": math.inf})
+    with pytest.raises(ValueError, match="beyond torch.float32"):
+        make_task("kron-quadratic", 0, cpu, torch.float32, {"cond_left": 1e10})
+    q = make_task("kron-quadratic", 0, cpu, torch.float64, {"cond_left": 1e10, "cond_right": 1.0}).model
+    assert q.condition_number() == pytest.approx(1e10, rel=1e-3)
