@@ -115,4 +115,8 @@ def simplex_kl_task(seed: int = 0, device: torch.device | str | None = None, dty
     if len(p0) != len(q):
         raise ValueError(f"start has {len(p0)} outcomes and target {len(q)}")
     manifold = (ProbabilitySimplexExact if exact else ProbabilitySimplex)()
+    for name, p in (("start", p0), ("target", q)):  # checked in the task's dtype: 1e-300 is 0 in float32
+        if float(p.to(dtype).min()) < manifold.floor:
+            raise ValueError(f"{name} has a probability below {manifold.floor:g} in {dtype}, the smallest the "
+                             f"simplex keeps: {tuple(p.tolist())}")
     return ObjectiveTask(SimplexKL(q.to(dtype), p0.to(dtype), manifold).to(device))

@@ -102,8 +102,15 @@ def project_onto_simplex(x: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
 
 
 def _renormalise(p: torch.Tensor, floor: float) -> torch.Tensor:
+    if p.shape[-1] * floor > 1:  # no point of the simplex has every coordinate at the floor or above
+        raise ValueError(f"floor {floor} is too large for {p.shape[-1]} coordinates")
     p = p.clamp_min(floor)
-    return p / p.sum(dim=-1, keepdim=True)
+    p = p / p.sum(dim=-1, keepdim=True)
+    # Dividing by the sum takes a clamped coordinate below the floor by a factor 1 / (1 + k floor) at most: a hair
+    # for the default floor, but far below a large one (0.4 of 2 outcomes could become 0.31); there, project.
+    if bool((p < floor * (1 - 1e-6)).any()):
+        p = project_onto_simplex(p, floor)
+    return p
 
 
 class ProbabilitySimplex(geoopt.Manifold):

@@ -3,6 +3,8 @@ Stiefel PCA gap, scipy's KL divergence for the simplex fit."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -52,3 +54,28 @@ def test_simplex_kl_is_scipys_relative_entropy():
     for bad in ({"target": (0.5, 0.6, -0.1)}, {"target": (0.5, 0.5), "start": (0.2, 0.3, 0.5)}):
         with pytest.raises(ValueError):
             make_task("simplex-kl", 0, CPU, torch.float32, bad)
+
+
+def test_simplex_kl_checks_its_points_in_the_tasks_dtype():
+    # (1e-300 passed the float64 check, became 0 in float32, and the loss was inf off the manifold)
+    from natgrad.experiments import make_task
+
+    start = (1 - 2e-300, 1e-300, 1e-300)
+    with pytest.raises(ValueError, match="start has a probability below 1e-12 in torch.float32"):
+        make_task("simplex-kl", 0, torch.device("cpu"), torch.float32, {"start": start})
+    with pytest.raises(ValueError, match="below 1e-12"):  # below the floor in float64 too
+        make_task("simplex-kl", 0, torch.device("cpu"), torch.float64, {"start": start})
+    task = make_task("simplex-kl", 0, torch.device("cpu"), torch.float32, {"start": (0.98, 0.01, 0.01)})
+    assert math.isfinite(float(task.loss()))
+
+
+def test_a_floor_no_point_can_meet_is_refused():
+    from natgrad.optim.riemannian import ProbabilitySimplex
+
+    s = ProbabilitySimplex(floor=0.4)  # fine for 2 outcomes, impossible for 3
+    # (a point renormalised after clamping fell below a large floor: 0.35 here)
+    assert float(s.random(2, seed=0).min()) >= 0.4 - 1e-7
+    assert float(s.retr(torch.tensor([0.5, 0.5]), torch.tensor([3.0, -3.0])).min()) >= 0.4 - 1e-7
+    for call in (lambda: s.random(3, seed=0), lambda: s.retr(torch.tensor([0.2, 0.3, 0.5]), torch.zeros(3))):
+        with pytest.raises(ValueError, match="too large for 3 coordinates"):
+            call()
