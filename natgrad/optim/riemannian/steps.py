@@ -66,6 +66,13 @@ def _sphere_methods() -> dict:
             SPHERE_METHODS[3]: lambda x, v: cayley.retr(x[..., None], v[..., None])[..., 0]}
 
 
+def great_circle_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The angle between unit vectors (last axis), :math:`2\operatorname{atan2}(|x - y|, |x + y|)`: accurate at every
+    angle. (geoopt's ``Sphere.dist``, an arccos of a clamped inner product, is never below about 4.5e-4 in float64:
+    the distances of short steps came out wrong, the gap between a retraction and the geodesic by 10x at 0.05.)"""
+    return 2 * torch.atan2(torch.linalg.norm(x - y, dim=-1), torch.linalg.norm(x + y, dim=-1))
+
+
 def sphere_steps(lat_deg: float, lon_deg: float, heading_deg: float, tilt_deg: float, length: float,
                  max_length: float = 3.0, points: int = 61) -> SphereSteps:
     """The step ``d`` of Euclidean length ``length`` from the point, ``tilt_deg`` out of the tangent plane
@@ -88,8 +95,8 @@ def sphere_steps(lat_deg: float, lon_deg: float, heading_deg: float, tilt_deg: f
     exp = reached[SPHERE_METHODS[0]]
     return SphereSteps(point=x, step=d, euclidean=x + d, tangent=v.numpy(), landings=landings, geodesic=geodesic,
                        scales=scales[:, 0].numpy(),
-                       travelled={name: sphere.dist(xs, y).numpy() for name, y in reached.items()},
-                       apart={name: sphere.dist(y, exp).numpy() for name, y in reached.items()
+                       travelled={name: great_circle_distance(xs, y).numpy() for name, y in reached.items()},
+                       apart={name: great_circle_distance(y, exp).numpy() for name, y in reached.items()
                               if name != SPHERE_METHODS[0]})
 
 
