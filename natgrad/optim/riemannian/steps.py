@@ -67,7 +67,7 @@ def _sphere_methods() -> dict:
 
 
 def great_circle_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The angle between unit vectors (last axis), :math:`2\operatorname{atan2}(|x - y|, |x + y|)`: accurate at every
+    r"""The angle between unit vectors (last axis), :math:`2\operatorname{atan2}(|x - y|, |x + y|)`: accurate at every
     angle. (geoopt's ``Sphere.dist``, an arccos of a clamped inner product, is never below about 4.5e-4 in float64:
     the distances of short steps came out wrong, the gap between a retraction and the geodesic by 10x at 0.05.)"""
     return 2 * torch.atan2(torch.linalg.norm(x - y, dim=-1), torch.linalg.norm(x + y, dim=-1))
