@@ -154,6 +154,11 @@ def chars_task(seed: int = 0, device: torch.device | str | None = None, dtype: t
     """The lesson text as (N, ``context``) windows and a :func:`char_transformer`; softmax likelihood
     over the (B, T, V) logits, :func:`sequence_cross_entropy` loss. Meant for mini-batches of
     :data:`BATCH` sequences."""
+    for name, value in (("context", context), ("width", width), ("heads", heads), ("layers", layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if width % heads:
+        raise ValueError(f"width ({width}) must be a multiple of heads ({heads}): each head takes width / heads")
     X, Y = windows(lesson_text(), context)
     model = char_transformer(seed, context=context, width=width, heads=heads, layers=layers)
     return Task(model.to(device=device, dtype=dtype), X.to(device), Y.to(device), sequence_cross_entropy, "softmax")

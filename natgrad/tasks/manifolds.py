@@ -71,7 +71,7 @@ def stiefel_pca_task(seed: int = 0, device: torch.device | str | None = None, dt
     """Top-``k`` eigenvectors of the digits covariance from a random orthonormal start (drawn from ``seed``);
     ``retraction``: "qr" (geoopt's ``EuclideanStiefel``) or "cayley" (``CanonicalStiefel``)."""
     cov = digits_covariance()
-    if not 1 <= k <= cov.shape[0]:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cov.shape[0]:
         raise ValueError(f"k must be between 1 and {cov.shape[0]}, got {k}")
     if retraction not in STIEFEL:
         raise ValueError(f"retraction must be one of {sorted(STIEFEL)}, got {retraction!r}")

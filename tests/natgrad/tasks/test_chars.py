@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from natgrad.experiments import TASKS, Spec, run
+from natgrad.experiments import TASKS, Spec, make_task, run
 from natgrad.tasks.chars import (
     CONTEXT,
     OTHER,
@@ -109,3 +109,11 @@ def test_lessons_dir_is_the_repository_s():
     from natgrad.tasks import chars
 
     assert chars.LESSONS_DIR == Path(ROOT) / "lessons"
+
+
+@pytest.mark.parametrize("options", [{"context": 0}, {"heads": 0}, {"width": 30, "heads": 4}, {"layers": 1.5}])
+def test_shapes_no_transformer_can_take_are_refused_by_name(options):
+    # (context 0 was a ZeroDivisionError)
+    with pytest.raises(ValueError, match=next(iter(options)) if "heads" not in options or "width" not in options
+                       else "multiple of heads"):
+        make_task("lesson-chars", 0, torch.device("cpu"), torch.float32, options)

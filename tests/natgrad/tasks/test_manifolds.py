@@ -79,3 +79,8 @@ def test_a_floor_no_point_can_meet_is_refused():
     for call in (lambda: s.random(3, seed=0), lambda: s.retr(torch.tensor([0.2, 0.3, 0.5]), torch.zeros(3))):
         with pytest.raises(ValueError, match="too large for 3 coordinates"):
             call()
+
+
+def test_stiefel_pca_takes_a_whole_number_of_directions():
+    with pytest.raises(ValueError, match="k must be between 1 and 64, got 1.5"):  # (was a TypeError in torch.randn)
+        make_task("stiefel-pca", 0, torch.device("cpu"), torch.float64, {"k": 1.5})
