@@ -77,7 +77,8 @@ def _unit_key(unit: str) -> str:
 def same_unit(a: str, b: str) -> bool:
     """Two spellings of one unit: equal keys, or one is the other's plural ('block', 'blocks')."""
     ka, kb = _unit_key(a), _unit_key(b)
-    return ka == kb or (ka + "s" == kb) or (kb + "s" == ka)
+    # (a plural needs a unit to be the plural of: "s" is not the plural of no unit, nor "%s" of "%")
+    return ka == kb or (ka.isalpha() and kb.isalpha() and (ka + "s" == kb or kb + "s" == ka))
 
 
 def split_unit(text: str) -> tuple[str, str]:
@@ -179,7 +180,12 @@ def grade(question: Question, response) -> Grade:
     if kind == "numeric":
         if response is None or (isinstance(response, str) and not response.strip()):
             raise ResponseError("Enter a number first.")
-        value = parse_quantity(response, question.unit) if isinstance(response, str) else float(response)
+        if isinstance(response, str):
+            value = parse_quantity(response, question.unit)
+        elif isinstance(response, (int, float)) and not isinstance(response, bool) and _finite(response):
+            value = float(response)
+        else:  # a saved row written by another tool: a list, a bool, an integer beyond any float
+            raise ResponseError("That is not a number.")
         ok = abs(value - question.answer) <= question.tolerance
         unit = f" {question.unit}" if question.unit else ""
         expected = f"{question.answer:.6g}{unit} (within ±{question.tolerance:g}{unit})"
@@ -191,6 +197,13 @@ def grade(question: Question, response) -> Grade:
             raise ResponseError("Write your answer first.")
         return Grade(None, None, "Saved. Compare it with the reference answer below.")
     raise ResponseError(f"unknown question kind {kind!r}")
+
+
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 def regrade(question: Question, kind: str, response) -> Grade | None:

@@ -230,7 +230,7 @@ def _reflection_followup(lesson: Lesson, q: Question, a: Attempt) -> None:
             else:
                 rate(a, rating)
                 st.rerun()
-    if a.self_rating:
+    if a.self_rating in RATINGS:  # (a rating some other tool wrote is not shown)
         st.caption(f"Your rating: {a.self_rating} · {RATINGS[a.self_rating]}")
 
 

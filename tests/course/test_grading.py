@@ -140,3 +140,27 @@ def test_expression_rejects_non_arithmetic(text):
 def test_expression_agrees_with_python(a, b, c):
     text = f"({a} + {c!r}) * {b} - {a} / {b}"
     assert math.isclose(evaluate(text), (a + c) * b - a / b, rel_tol=1e-12, abs_tol=1e-9)
+
+
+def test_a_saved_numeric_answer_that_is_no_number_is_stale_not_a_crash():
+    # (a list, a dict or an int beyond any float raised out of regrade, and every page showed the exception)
+    from course.grading import regrade
+
+    q = numeric(4.1, 0.2)
+    for saved in ([4.1], {"v": 4.1}, 10**400, True, math.nan):
+        assert regrade(q, "numeric", saved) is None
+        with pytest.raises(ResponseError):
+            grade(q, saved)
+    assert regrade(q, "numeric", 4.1).correct and regrade(q, "numeric", "4.1 GB").correct
+
+
+def test_a_plural_s_is_no_unit_for_a_plain_number():
+    # ("4 s" was graded correct for a unitless ratio, "20.7 %s" for a percentage)
+    from course.grading import same_unit
+
+    plain = Question(id="r", kind="numeric", prompt="p", answer=4.0, tolerance=0.1, unit="")
+    with pytest.raises(ResponseError, match="without"):
+        grade(plain, "4 s")
+    assert not same_unit("s", "") and not same_unit("%s", "%")
+    assert same_unit("blocks", "block") and same_unit("GB", "gb")
+    assert grade(plain, "4").correct
