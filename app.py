@@ -72,6 +72,7 @@ def sidebar(lessons: list[Lesson]) -> None:
 
 
 def main() -> None:
+    labs.drop_non_finite_link_values()  # before any widget reads the link: Streamlit's int(float('1e400')) raises
     try:
         lessons = widgets.lessons()
     except LessonError as exc:

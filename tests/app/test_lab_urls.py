@@ -105,3 +105,17 @@ def test_every_lab_widget_is_in_the_url_under_a_key_no_other_lab_uses():
         prefixes.setdefault(prefix, set()).add(name)
     shared = {p: files for p, files in prefixes.items() if len(files) > 1 and p != "{key}"}
     assert shared == {}, shared  # one prefix, one module (kfac's {key}-... serves kt and dl)
+
+
+def test_an_infinite_number_in_a_link_falls_back_to_the_default_with_a_message():
+    # Streamlit reads a whole number from the link with int(float(text)): '1e400' raised OverflowError inside the
+    # lab at every rerun ("This lab stopped with an error"), the value staying in the link
+    at = _open_with("kfac", {"kc-m": "1e400", "kc-n": "-inf", "learner": "inf"})
+    assert not at.exception, at.exception
+    assert not [e for e in at.error if "stopped" in e.value]
+    assert at.number_input(key="kc-m").value == 4096 and at.number_input(key="kc-n").value == 4096
+    note = next(w.value for w in at.warning if "link could not be used" in w.value)
+    assert "`kc-m` = 1e400 is not a finite number" in note and "`kc-n` = -inf is not a finite number" in note
+    assert "kc-m" not in at.query_params and _param(at, "learner") == "inf"  # a learner may be called 'inf'
+    at = at.run()  # and the lab stays usable
+    assert not at.exception and at.number_input(key="kc-m").value == 4096

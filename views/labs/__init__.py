@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
@@ -153,3 +154,25 @@ class _Labs(Mapping[str, Callable[[Lab], None]]):
 
 
 LABS: Mapping[str, Callable[[Lab], None]] = _Labs()
+
+
+DROPPED_LINK_VALUES = "url-dropped"  # session state: link values taken out before the widgets read them (key -> raw values)
+
+
+def _non_finite_number(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def drop_non_finite_link_values(keep: tuple[str, ...] = ("learner",)) -> None:
+    """Take out of the link every value that reads as an infinite or NaN number ('1e400', 'inf'), but for the
+    keys in ``keep``: Streamlit reads a whole number from a link with int(float(text)), so '1e400' raised an
+    OverflowError inside the lab at every rerun, the value staying in the link. Call it before any widget is
+    drawn; the lab whose widget it was says so (:func:`views.labs.common.render_lab`). No lab setting is infinite or NaN."""
+    for k in list(st.query_params):
+        raw = st.query_params.get_all(k)
+        if k not in keep and any(_non_finite_number(v) for v in raw):
+            st.session_state.setdefault(DROPPED_LINK_VALUES, {})[k] = raw
+            del st.query_params[k]

@@ -38,7 +38,7 @@ from natgrad.bench.protocol import load as load_bench
 from natgrad.devices import pick_device
 from natgrad.experiments import Spec, Trajectory, run
 from natgrad.viz import hparams_text, loss_figure
-from views.labs import stored
+from views.labs import DROPPED_LINK_VALUES, stored
 from views.labs.figures import chart, run_metrics, with_previous
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,9 @@ def render_lab(lab: Lab, render: Callable[[Lab], None]) -> None:
         st.caption(f"These results were computed in advance by `python scripts/lab_defaults.py` "
                    f"({meta.get('date', '?')}, {meta.get('device', '?')}); times are from that run.")
     problems = _url_problems(before, _url_params())
+    dropped = st.session_state.get(DROPPED_LINK_VALUES, {})
+    for k in [k for k in dropped if k in st.session_state]:  # a widget of this lab: its link value was taken out
+        problems.append(f"`{k}` = {', '.join(dropped.pop(k))} is not a finite number")
     key = f"url-note:{lab.id}"
     if problems:
         st.session_state[key] = problems
