@@ -310,6 +310,27 @@ def _attempt(row: tuple) -> Attempt:
     return Attempt(**d)
 
 
+def read_only_attempts(path: Path | str, learner: str, timeout: float = 1.0) -> list[Attempt]:
+    """``learner``'s rows from the file at ``path`` opened read-only: for a file that can be read but not
+    written (a read-only file or folder), which :class:`ProgressStore` cannot open, since opening creates
+    the schema. Tried as ``mode=ro``, then ``immutable=1`` (a WAL file in a folder where SQLite cannot create
+    its shared-memory file). Raises :class:`StoreUnavailable` when neither reads it."""
+    uri = Path(path).resolve().as_uri()
+    last: sqlite3.Error | None = None
+    for mode in ("mode=ro", "immutable=1"):
+        try:
+            conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=timeout)
+            try:
+                rows = conn.execute(f"SELECT {', '.join(EXPORT_FIELDS)} FROM attempts WHERE learner = ? ORDER BY id",
+                                    (learner,)).fetchall()
+            finally:
+                conn.close()
+            return [_attempt(r) for r in rows]
+        except sqlite3.Error as exc:
+            last = exc
+    raise StoreUnavailable(f"could not read {path}: {last}")
+
+
 def memory_store() -> ProgressStore:
     """A store that lives only as long as the process (the fallback)."""
     return ProgressStore(":memory:")

@@ -44,6 +44,7 @@ from course.progress import (
     default_path,
     latest_answers,
     memory_store,
+    read_only_attempts,
 )
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,10 @@ def _carry(fb: _Fallback, name: str) -> None:
     try:
         saved = _file_store(_path()).attempts(name)
     except StoreUnavailable:
-        return
+        try:  # a file that can be read but not written (opening a store writes its schema)
+            saved = read_only_attempts(_path(), name)
+        except StoreUnavailable:
+            return
     for a in saved:
         mid = fb.store.record(a.learner, a.lesson, a.question, a.kind, a.response, a.correct, a.score)
         if a.self_rating is not None:

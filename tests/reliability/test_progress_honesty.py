@@ -190,3 +190,24 @@ def test_a_file_unusable_from_the_start_recovers_too(db):
     at = at.run()
     assert any("works again" in s.value for s in at.sidebar.success)
     assert [r[:2] for r in _rows(db)] == [(lesson.slug, q.id)]
+
+
+def test_a_file_read_only_from_the_start_still_shows_the_saved_answers(db):
+    # Opening a store writes its schema, so a read-only file fell back to memory with none of the learner's
+    # answers: their lessons showed 0 correct. The answers are now read from the file read-only.
+    lesson, q = _first("damping", "single")
+    right = next(o.id for o in q.options if o.correct)
+    store = ProgressStore(db)
+    store.record("guest", lesson.slug, q.id, "single", right, True, 1.0)
+    with sqlite3.connect(db) as conn:  # as an operator might leave it: no WAL files beside it
+        conn.execute("PRAGMA journal_mode=DELETE")
+    with unwritable(db):
+        at = open_page(start(), lesson.slug)
+        assert not at.exception
+        assert any("cannot be saved" in w.value for w in at.sidebar.warning)
+        assert "Correct." in [s.value for s in at.success]  # the saved answer, graded again
+        assert any(f"1 of {sum(x.kind != 'reflection' for x in lesson.questions)} graded questions correct" in str(p.text)
+                   for p in at.progress), [p.text for p in at.progress]
+    assert len(_rows(db)) == 1  # nothing written twice once the file works again
+    at = at.run()
+    assert len(_rows(db)) == 1
