@@ -111,3 +111,17 @@ def test_lessons_1_2_4_6_link_to_the_preconditioner_lab():
     practice = next(x for x in lessons.values() if any(lab.id == "preconditioner-lab" for lab in x.labs))
     for order in (1, 2, 4, 6):
         assert f"]({practice.slug})" in "".join(s.text or "" for s in lessons[order].segments())
+
+
+def test_every_race_task_has_a_name_and_racers_chosen_at_the_start():
+    # (five tasks showed their ids, and on the manifold tasks no optimizer was chosen: "Race" only said
+    # "Choose at least one optimizer")
+    from natgrad.experiments import TASKS
+    from views.labs.race import TASK_NAMES
+
+    assert set(TASK_NAMES) == set(TASKS)
+    at = open_page(start(), "practice")
+    for task in TASKS:
+        at.selectbox(key="race-task").set_value(task).run()
+        _no_lab_errors(at)
+        assert at.multiselect(key=f"race-opts-{task}").value, task

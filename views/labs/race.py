@@ -22,7 +22,12 @@ BATCHES = ["full", 512, 256, 64]
 FIRST_PICKS = ("adam", "shampoo", "soap", "muon", "kfac", "sophia")
 TASK_NAMES = {"digits-autoencoder": "digits autoencoder (64-128-64-32-8-32-64-128-64)",
               "digits-classifier": "digits classifier (64-32-10)", "digits-cnn": "digits CNN (two 3x3 convolutions)",
-              "kron-quadratic": "Kronecker quadratic (16 x 16)"}
+              "kron-quadratic": "Kronecker quadratic (16 x 16)",
+              "lesson-chars": "character transformer (on this course's lesson text)",
+              "poincare-tree": "tree embedded in the Poincaré disk",
+              "simplex-kl": "distribution on the probability simplex (KL fit)",
+              "sophia-toy": "two-parameter toy with negative curvature (Sophia lesson)",
+              "stiefel-pca": "top-4 principal directions on the Stiefel manifold"}
 
 
 def _lr_choices(preset: float) -> list[float]:
@@ -40,7 +45,7 @@ def _pick() -> tuple[str, list[str]]:
     status = _applicable(task)
     ok = [n for n, why in status.items() if why is None]
     left_out = {n: why for n, why in status.items() if why is not None}
-    default = [n for n in FIRST_PICKS if n in ok][:4]
+    default = ([n for n in FIRST_PICKS if n in ok] or ok)[:4]  # (manifold tasks take none of the first picks)
     chosen = st.multiselect(f"optimizers (up to {MAX_RACERS})", ok, default=default, max_selections=MAX_RACERS,
                             key=f"race-opts-{task}", bind="query-params", format_func=label,
                             help="Every optimizer that can train this task with its preset is offered.")
