@@ -42,14 +42,34 @@ class Grade:
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
+
+
+def _normalise(text: str) -> str:
+    """The typographic minus as '-', and a power of ten written with superscripts ('10⁹') as '10^9'."""
+    text = str(text).replace("\u2212", "-")
+    return re.sub(r"10([⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+)", lambda m: "10^" + m.group(1).translate(_SUPERSCRIPTS), text)
+
+
 def parse_number(text: str) -> float:
-    """Parse a learner's number: '4.1', '4,096', '4.1e9', '1 024'."""
-    cleaned = str(text).strip().replace(" ", "").replace("_", "")
-    if cleaned.count(",") and "." not in cleaned and re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+", cleaned):
-        cleaned = cleaned.replace(",", "")
-    if not _NUMBER.match(cleaned):
-        raise ResponseError("Enter a number such as 4.1, 4096 or 4.1e9 (a unit may follow it: 4.1 GB).")
-    value = float(cleaned)
+    """Parse a learner's number: '4.1', '4,096', '1,073.7', '4.1e9', '4.1 × 10^9', '4.1·10⁹', '10^9', '1/4',
+    '1 024', '−0.5'."""
+    cleaned = _normalise(text).strip().replace(" ", "").replace("_", "")
+    fraction = re.fullmatch(r"([+-]?\d+)/(\d+)", cleaned)
+    if fraction:
+        if int(fraction[2]) == 0:
+            raise ResponseError("A fraction needs a denominator other than 0.")
+        return int(fraction[1]) / int(fraction[2])
+    power = re.fullmatch(r"(?:(.+?)[×x*·])?10(?:\^|\*\*)([+-]?\d+)", cleaned, flags=re.IGNORECASE)
+    mantissa, exponent = (power[1] or "1", power[2]) if power else (cleaned, None)
+    if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?", mantissa):  # thousands separated by commas
+        mantissa = mantissa.replace(",", "")
+    if not _NUMBER.match(mantissa) or (exponent is not None and re.search("[eE]", mantissa)):
+        raise ResponseError("Enter a number such as 4.1, 4096, 4.1e9 or 4.1 × 10^9 (a unit may follow it: 4.1 GB).")
+    try:
+        value = float(mantissa if exponent is None else f"{mantissa}e{int(exponent)}")
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value):
         raise ResponseError("Enter a finite number.")
     return value
@@ -63,7 +83,11 @@ for _i, (_si, _bin, _word) in enumerate(zip("kmgtpe", ("kib", "mib", "gib", "tib
     _BYTES[f"{_word}byte"] = _BYTES[f"{_word}bytes"] = 1000**_i
     _BYTES[_bin] = 1024**_i
     _BYTES[f"{_bin[:2]}bibyte"] = _BYTES[f"{_bin[:2]}bibytes"] = 1024**_i
-_NUMBER_PREFIX = re.compile(r"\s*[+-]?[\d.,_ ]*(?:[eE][+-]?\d+)?")
+_NUMBER_PREFIX = re.compile(r"""\s*[+-]?(?:
+      \d+\s*/\s*\d+                                                 # a fraction: 1/4
+    | 10\s*(?:\^|\*\*)\s*[+-]?\d+                                   # a power of ten: 10^9
+    | [\d.,_ ]*(?:[eE][+-]?\d+)?(?:\s*[×xX*·]\s*10\s*(?:\^|\*\*)\s*[+-]?\d+)?  # 4.1e9, 4.1 × 10^9
+    )""", re.VERBOSE)
 
 
 def _unit_key(unit: str) -> str:
@@ -83,8 +107,8 @@ def same_unit(a: str, b: str) -> bool:
 
 def split_unit(text: str) -> tuple[str, str]:
     """``text`` split into its number and the unit typed after it: '4.1e9 bytes' ->
-    ('4.1e9', 'bytes'); '4 EB' -> ('4', 'EB'); '12%' -> ('12', '%')."""
-    text = str(text)
+    ('4.1e9', 'bytes'); '4 EB' -> ('4', 'EB'); '12%' -> ('12', '%'); '4.1 × 10⁹ B' -> ('4.1 × 10^9', 'B')."""
+    text = _normalise(text)
     end = _NUMBER_PREFIX.match(text).end()
     return text[:end].strip(), text[end:].strip()
 
@@ -186,7 +210,9 @@ def grade(question: Question, response) -> Grade:
             value = float(response)
         else:  # a saved row written by another tool: a list, a bool, an integer beyond any float
             raise ResponseError("That is not a number.")
-        ok = abs(value - question.answer) <= question.tolerance
+        # (a hair of slack: 1.073741824 + 0.02 is a rounding above 1.093741824, and an answer exactly at the
+        # stated tolerance is right)
+        ok = abs(value - question.answer) <= question.tolerance * (1 + 1e-9) + 1e-12 * abs(question.answer)
         unit = f" {question.unit}" if question.unit else ""
         expected = f"{question.answer:.6g}{unit} (within ±{question.tolerance:g}{unit})"
         # a wrong answer is not told the right one: course.quiz decides when that is shown
