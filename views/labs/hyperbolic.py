@@ -213,7 +213,8 @@ def hyperbolic_embedding(lab: Lab) -> None:
     for label, t in trajs.items():  # how each run ended, above the one disk drawn
         story = _left_the_disk(t, tree.names)
         if story:
-            st.error(f"**{label}**: {story}", icon=":material/error:")
+            # how the run ended, as report_status says it: a result of the lab, not a fault of the app
+            st.warning(f"**{label}**: {story}", icon=":material/trending_up:")
         else:
             report_status(label, t)
         frames = all_frames[label] = disk_frames(t.step, t.extras, tree.size)
