@@ -325,6 +325,9 @@ def rank_bars_figure(parts: Mapping[str, Sequence[float]], title: str, yaxis_tit
     """
     names = list(parts)
     ranks = len(parts[names[0]]) if names else 0
+    if any(len(parts[n]) != ranks for n in names) or (text is not None and len(text) != ranks):
+        raise ValueError(f"every part (and text) needs one value per {holder}: got lengths "
+                         f"{[len(parts[n]) for n in names]}" + ("" if text is None else f" and {len(text)}"))
     x = [f"{holder} {r}" for r in range(ranks)]
     size = 1.0
     if bytes_axis:

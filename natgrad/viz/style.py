@@ -111,7 +111,10 @@ def log_decades(fig: go.Figure) -> go.Figure:
             continue
         values = _axis_values(fig, name)
         if values and max(values) / min(values) >= 10:
-            axis.update(dtick=1, exponentformat="power", minor=dict(ticks="", showgrid=False))
+            # every decade while that is at most about 12 ticks; else every 2nd, 5th, 10th ... (1e-300 to 1e300 had 600)
+            span = math.log10(max(values)) - math.log10(min(values))  # (their ratio can overflow)
+            step = next((s for s in (1, 2, 5, 10, 20, 50, 100) if span / s <= 12), 200)
+            axis.update(dtick=step, exponentformat="power", minor=dict(ticks="", showgrid=False))
         else:
             axis.update(exponentformat="power")
     return fig

@@ -293,3 +293,17 @@ def test_log_axes_get_no_value_they_cannot_draw():
     # on a linear axis the same values stay (a zero trace is a line at 0)
     linear = traces_figure([0, 1, 2], {"rho": [0.0, -1.0, 1.0]})
     assert list(linear.data[0].y) == [0.0, -1.0, 1.0]
+
+
+def test_a_log_axis_over_many_decades_keeps_about_a_dozen_ticks():
+    # (1e-300 to 1e300 got a tick at each of 600 decades)
+    for low, high, step in ((1e-3, 1e3, 1), (1e-6, 1e6, 1), (1e-30, 1e30, 5), (1e-300, 1e300, 50)):
+        fig = go.Figure(go.Scatter(x=[0, 1], y=[low, high]))
+        fig.update_yaxes(type="log")
+        assert log_decades(fig).layout.yaxis.dtick == step
+
+
+def test_rank_bars_need_one_value_per_rank_in_every_part():
+    # (parts of different lengths lost their extra values without a word)
+    with pytest.raises(ValueError, match="one value per rank"):
+        rank_bars_figure({"statistics": [1.0, 2.0], "roots": [1.0]}, "memory", "bytes")
