@@ -42,6 +42,7 @@ class Grade:
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
+_NOT_A_NUMBER = "Enter a number such as 4.1, 4096, 4.1e9 or 4.1 × 10^9 (a unit may follow it: 4.1 GB)."
 _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
 
 
@@ -65,7 +66,7 @@ def parse_number(text: str) -> float:
     if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?", mantissa):  # thousands separated by commas
         mantissa = mantissa.replace(",", "")
     if not _NUMBER.match(mantissa) or (exponent is not None and re.search("[eE]", mantissa)):
-        raise ResponseError("Enter a number such as 4.1, 4096, 4.1e9 or 4.1 × 10^9 (a unit may follow it: 4.1 GB).")
+        raise ResponseError(_NOT_A_NUMBER)
     try:
         value = float(mantissa if exponent is None else f"{mantissa}e{int(exponent)}")
     except OverflowError:
@@ -133,9 +134,18 @@ def parse_quantity(text: str, unit: str = "") -> float:
     """A learner's number, with an optional unit after it, in the question's ``unit``:
     '4.1 GB' -> 4.1, '4.1e9 bytes' -> 4.1, '134 MB' -> 0.134 for a GB question."""
     number, typed = split_unit(text)
+    example = "Enter a number such as 4.1, 4096, 4.1e9 or 4.1 × 10^9"
     if not number:
-        raise ResponseError("Enter a number such as 4.1, 4096 or 4.1e9" + (f", in {unit}." if unit else "."))
-    return to_unit(parse_number(number), typed, unit)
+        raise ResponseError(example + (f", in {unit}." if _unit_key(unit) not in ("", "dimensionless") else "."))
+    try:
+        value = parse_number(number)
+    except ResponseError as exc:
+        if str(exc) != _NOT_A_NUMBER:  # (not finite, a fraction over 0: said as it is)
+            raise
+        # the example follows the question: a unit after the number only where the question has one
+        raise ResponseError(example + (f" (a unit may follow it: 4.1 {unit})." if _unit_key(unit) not in
+                                       ("", "dimensionless") else ", without a unit.")) from None
+    return to_unit(value, typed, unit)
 
 
 def _index(question: Question, choice) -> int:

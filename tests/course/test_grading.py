@@ -186,3 +186,12 @@ def test_an_answer_at_the_stated_tolerance_is_right():
     q = Question(id="t", kind="numeric", prompt="p", answer=1.073741824, tolerance=0.02, unit="GB")
     assert grade(q, "1.093741824").correct and grade(q, "1.053741824").correct
     assert not grade(q, "1.0938").correct
+
+
+def test_the_not_a_number_message_follows_the_questions_unit():
+    # (a unitless question's message suggested typing '4.1 GB')
+    with pytest.raises(ResponseError, match="without a unit") as plain:
+        parse_quantity("1.2.3", "")
+    assert "GB" not in str(plain.value)
+    with pytest.raises(ResponseError, match=r"a unit may follow it: 4.1 %"):
+        parse_quantity("1.2.3", "%")
