@@ -71,6 +71,8 @@ def fisher_snapshot(train_steps: int = 0, seed: int = 0, lr: float = 1e-2, examp
     diagonal and with K-FAC (type-2 factors, the exact expectation)."""
     if train_steps < 0:
         raise ValueError("train_steps must be >= 0")
+    if examples < 1:  # (0 gave NaN errors: a Fisher over no examples)
+        raise ValueError(f"examples must be >= 1, got {examples}")
     X, y = pooled_digits()
     model = small_classifier(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -29,12 +29,15 @@ class GridResult:
     def loss_at(self, step: int) -> float:
         """The loss after ``step`` steps: the training loss recorded before update ``step - 1``
         or, for runs with whole-data evaluations (``Spec.eval_every``), the last evaluation at or
-        before ``step``; inf when the run ended (diverged or stopped) before that."""
+        before ``step``; inf when the run ended (diverged or stopped) before that. ``step <= 0``: the
+        first recorded loss, the one before any update (inf for a run that recorded none)."""
         t = self.trajectory
         if t.eval_step:
             if step > t.eval_step[-1]:
                 return math.inf
             return t.eval_loss[bisect.bisect_right(t.eval_step, step) - 1]
+        if step <= 0:  # (loss[step - 1] read the *last* loss here)
+            return t.loss[0] if t.loss else math.inf
         return t.loss[step - 1] if step - 1 < len(t.loss) else math.inf
 
 
@@ -72,6 +75,8 @@ def to_jsonable(obj):
         return {k: to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):  # numpy scalars (float32 ...) as Python numbers json can write
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -111,6 +116,13 @@ def first_reach(traj: Trajectory, target: float) -> tuple[int | None, float | No
     return traj.steps_to(target), traj.seconds_to(target)
 
 
+def _ratio(a: float | None, o: float | None) -> float | None:
+    """a / o; None where either never reaches the target; inf where other reaches it at once (step 0)."""
+    if a is None or o is None:
+        return None
+    return a / o if o else math.inf
+
+
 def targets_vs_adam(adam: Sequence[GridResult], other: Sequence[GridResult], horizons: Sequence[int], *,
                     name: str, hparam: str, label: str, log: Callable[[str], None] = print,
                     extra: Sequence[str] = (), baseline: str = "Adam") -> list[dict]:
@@ -135,8 +147,8 @@ def targets_vs_adam(adam: Sequence[GridResult], other: Sequence[GridResult], hor
         a_steps, a_secs = first_reach(a.trajectory, target)
         rows.append({"adam_horizon": h, "target": target, "adam_lr": a.hparams["lr"], "adam_steps": a_steps,
                      "adam_seconds": a_secs, f"{name}_{hparam}": o.hparams[hparam], f"{name}_steps": o_steps,
-                     f"{name}_seconds": o_secs, "step_ratio": (a_steps / o_steps) if o_steps else None,
-                     "time_ratio": (a_secs / o_secs) if o_secs else None,
+                     f"{name}_seconds": o_secs, "step_ratio": _ratio(a_steps, o_steps),
+                     "time_ratio": _ratio(a_secs, o_secs),
                      **{f"{name}_{k}": o.hparams.get(k) for k in extra}})
         log(f"target {target:.4g} (tuned {baseline} @ {h}): {baseline} {a_steps} steps / {fmt(a_secs, '.2f')}s, "
             f"{label} {o_steps} steps / {fmt(o_secs, '.2f')}s")
@@ -195,13 +207,15 @@ def curve(r: GridResult, points: int = 400) -> dict:
 
 
 def save(result: dict, path: str | Path) -> None:
+    """``result`` as JSON (through :func:`to_jsonable`: numpy scalars as numbers, inf and NaN as null)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=1))
+    Path(path).write_text(json.dumps(to_jsonable(result), indent=1))
 
 
 def load(path: str | Path) -> dict | None:
-    """A saved result, or None if the file is missing or not JSON."""
+    """A saved result, or None if the file is missing, not JSON, or not a result (a JSON object with keys)."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) and data else None

@@ -53,6 +53,11 @@ def side_by_side(factories: Mapping[str, Factory], make_task: Callable[[], Task 
     ``seconds_per_step`` and ``mean_seconds_per_step`` (``{name: s}``),
     ``final_loss`` (``{name: loss}``), ``blocks``, ``block`` and ``threads``.
     """
+    if not factories:
+        raise ValueError("side_by_side needs at least one optimizer to time")
+    if blocks < 1 or block < 1 or warmup_blocks < 0 or threads < 1:
+        raise ValueError(f"need blocks >= 1, block >= 1, warmup_blocks >= 0 and threads >= 1, got {blocks}, {block}, "
+                         f"{warmup_blocks}, {threads}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -25,3 +25,8 @@ def test_pythagoras_between_block_diagonal_and_kfac(steps):
 
 def test_training_lowers_the_loss():
     assert fisher_snapshot(train_steps=100, examples=64).train_loss < fisher_snapshot(train_steps=0, examples=64).train_loss
+
+
+def test_a_fisher_snapshot_needs_examples():
+    with pytest.raises(ValueError, match="examples must be >= 1"):  # (0 gave NaN errors)
+        fisher_snapshot(examples=0)
