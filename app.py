@@ -19,7 +19,7 @@ from course.progress import default_path
 from course.summary import lesson_progress, overall
 from views import home, labs, lesson, notation, progress, style
 
-st.set_page_config(page_title="Natural Gradient in Deep Learning", page_icon=":material/school:", layout="wide")
+st.set_page_config(page_title="Natural Gradient in Deep Learning", page_icon="🎓", layout="wide")
 style.inject()  # phone width: equations and tables scroll in their own box, labels wrap
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.style import color_of, dash_of, log_decades, on_log
+from natgrad.viz.style import color_of, dash_of, log_decades, on_log, wrap_title
 
 
 def race_figure(trajectories: Mapping[str, object], title: str = "") -> go.Figure:
@@ -18,7 +18,7 @@ def race_figure(trajectories: Mapping[str, object], title: str = "") -> go.Figur
     A run's curve is its whole-data evaluations when it has them (``curve()``), a diverged
     run ends in an ``x``."""
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=("loss against steps", "loss against seconds (wall clock)"))
+                        subplot_titles=("against steps", "against seconds"))  # (short: side by side on a phone)
     for i, (name, t) in enumerate(trajectories.items()):
         steps, losses, secs = t.curve() if hasattr(t, "curve") else (t.step, t.loss, t.seconds)
         ys = [on_log(v) for v in losses]
@@ -30,11 +30,12 @@ def race_figure(trajectories: Mapping[str, object], title: str = "") -> go.Figur
                 fig.add_trace(go.Scatter(x=[xs[-1]], y=[next((v for v in reversed(ys) if v), None)], mode="markers",
                                          marker=dict(symbol="x", size=12, color=color), legendgroup=name,
                                          showlegend=False, name=f"{name} diverged"), row=1, col=col)
-    fig.update_yaxes(type="log", title_text="loss", row=1, col=1)
+    # both panels log: the shared axis is dropped by plotly (and the right panel drawn linear) when their types differ
+    fig.update_yaxes(type="log")
     fig.update_xaxes(title_text="step", row=1, col=1)
     fig.update_yaxes(title_text="training loss (log scale)", row=1, col=1)
     fig.update_xaxes(title_text="seconds (wall clock)", row=1, col=2)
-    fig.update_layout(title=title or "the race", height=420, margin=dict(t=60, b=40),
+    fig.update_layout(title=wrap_title(title or "the race"), height=420, margin=dict(t=70, b=40),
                       legend=dict(orientation="h", y=-0.2))
     return log_decades(fig)
 

@@ -152,6 +152,18 @@ HPARAM_NAMES = {"lr": "learning rate", "rho": "γ", "damping": "damping λ", "we
                 "exponent_override": "exponent −1/"}
 
 
+def wrap_title(text: str, width: int = 36) -> str:
+    """``text`` broken into lines of at most about ``width`` characters at spaces (``<br>``), as plotly never
+    wraps a title: a long one was cut off at a phone's width."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
 def on_log(v: object) -> float | None:
     """``v`` as a float where a log axis can draw it (a finite number > 0, numpy scalars included); else None,
     a gap in a plotly line. (plotly.js draws a value <= 0 far below a log axis, as a line diving off the plot.)"""

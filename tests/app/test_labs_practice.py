@@ -60,7 +60,8 @@ def test_race_runs_the_chosen_optimizers_side_by_side():
     assert float(final["Adam"]) == pytest.approx(loss.item(), rel=1e-3)
     spec = _chart(at, "race-fig")
     assert len(spec["data"]) == 6  # every run against steps and against seconds
-    assert spec["layout"]["yaxis2"]["matches"] == "y"  # the loss axes are linked
+    assert spec["layout"]["yaxis2"]["matches"] == "y"  # the loss axes are linked ...
+    assert spec["layout"]["yaxis"]["type"] == spec["layout"]["yaxis2"]["type"] == "log"  # ... which needs one type
     assert list(table["step cost / Adam's"])[0] == "1.00x"
 
 

@@ -29,8 +29,12 @@ def settle(page) -> None:
 
 @pytest.mark.parametrize("path", PAGES)
 def test_page_renders_without_exception(server, page, path):
+    outside = []  # the course works offline: nothing is fetched from another host (the page icon was, from a CDN)
+    page.on("request", lambda r: outside.append(r.url) if r.url.startswith("http") and
+            not r.url.startswith(server["url"]) else None)
     page.goto(f"{server['url']}/{path}")
     settle(page)
+    assert not outside, outside
     if path in {x.slug for x in LESSONS}:
         lesson = next(x for x in LESSONS if x.slug == path)
         page.get_by_role("heading", name="Sources").wait_for()

@@ -307,3 +307,12 @@ def test_rank_bars_need_one_value_per_rank_in_every_part():
     # (parts of different lengths lost their extra values without a word)
     with pytest.raises(ValueError, match="one value per rank"):
         rank_bars_figure({"statistics": [1.0, 2.0], "roots": [1.0]}, "memory", "bytes")
+
+
+def test_long_titles_are_broken_into_lines_plotly_can_show_on_a_phone():
+    from natgrad.viz.style import wrap_title
+
+    title = "digits autoencoder (64-128-64-32-8-32-64-128-64)"
+    assert wrap_title(title) == "digits autoencoder<br>(64-128-64-32-8-32-64-128-64)"
+    assert wrap_title("the race") == "the race"
+    assert all(len(line) <= 36 for line in wrap_title("a b c " * 30).split("<br>"))
