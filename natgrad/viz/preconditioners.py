@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.style import color_of, log_decades, on_log
+from natgrad.viz.style import color_of, log_decades, on_log, wrap_title
 
 METRICS = ("cosine with the natural gradient", "relative error (best step length)",
            "condition number of P(F + λI)")
@@ -29,13 +29,16 @@ def comparison_figure(measures: Mapping[str, object]) -> go.Figure:
 
     ``measures``: method -> :class:`natgrad.preconditioners.Measure`."""
     names = list(measures)
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, subplot_titles=METRICS, horizontal_spacing=0.03)
+    # panel titles on short lines: three panels side by side leave each a third of a phone's width
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, subplot_titles=[wrap_title(m, 12) for m in METRICS],
+                        horizontal_spacing=0.03)
     colors = [_color(n, i) for i, n in enumerate(names)]
     values = [[m.cosine for m in measures.values()], [m.relative_error for m in measures.values()],
               [_finite(m.condition_number) for m in measures.values()]]
-    for col, (vals, fmt) in enumerate(zip(values, (".3f", ".3f", ".3g"), strict=True), start=1):
+    for col, (vals, fmt) in enumerate(zip(values, (".3f", ".3f", ".2g"), strict=True), start=1):
         fig.add_trace(go.Bar(y=names, x=vals, orientation="h", marker_color=colors, showlegend=False,
                              text=[format(v, fmt) if v is not None else "∞" for v in vals], textposition="auto",
+                             cliponaxis=False,
                              hovertemplate="%{y}: %{x:" + fmt + "}<extra></extra>"), row=1, col=col)
     fig.update_xaxes(range=[min(0.0, min(values[0]) - 0.05), 1.0], row=1, col=1)
     fig.update_xaxes(range=[0, 1.0], row=1, col=2)
@@ -45,10 +48,15 @@ def comparison_figure(measures: Mapping[str, object]) -> go.Figure:
     fig.update_xaxes(title_text="relative error", row=1, col=2)
     fig.update_xaxes(title_text="κ (log scale)", row=1, col=3)
     fig.update_yaxes(title_text="method", row=1, col=1)
-    fig.update_layout(height=100 + 34 * len(names), margin=dict(t=50, b=40, l=10, r=10),
-                      title=dict(text="each method's direction against the natural gradient", font=dict(size=14),
-                                 y=0.995, yanchor="top"))
-    return log_decades(fig)
+    fig.update_layout(height=150 + 34 * len(names), margin=dict(t=110, b=40, l=10, r=40),
+                      title=dict(text=wrap_title("each method's direction against the natural gradient"), font=dict(size=14)))
+    fig.update_annotations(font_size=13)  # the panel titles
+    log_decades(fig)
+    kappas = [v for v in values[2] if on_log(v)]
+    if kappas:  # at most about 4 decade ticks: the panel is narrow
+        span = math.log10(max(kappas)) - math.log10(min(kappas))
+        fig.update_xaxes(dtick=max(1, math.ceil(span / 3)), row=1, col=3)
+    return fig
 
 
 def spectrum_figure(measures: Mapping[str, object]) -> go.Figure:
