@@ -48,7 +48,7 @@ def loss_figure(trajectories: Mapping[str, object], x: str = "step", title: str 
 
 TRACE_TITLES = {  # a recorded statistic -> its name in words with its symbol
     "damping": "damping λ",
-    "rho": "reduction ratio ρ (actual / predicted decrease)",
+    "rho": "reduction ratio ρ = actual/predicted",  # (short enough for a phone's width)
     "alpha": "step size α",
     "step_norm": "step norm ‖Δθ‖",
     "mu": "momentum μ",

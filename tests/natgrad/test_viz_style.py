@@ -146,7 +146,7 @@ def test_trace_panels_are_titled_in_words():
     traces = {k: [1.0, 0.5] for k in ("damping", "rho", "alpha", "step_norm")}
     fig = safeguard_trace_figure([1, 2], traces, {"rejected": [0, 1], "bound": [0, 0]}, log_y=("damping",))
     titles = [a.text for a in fig.layout.annotations]
-    assert titles[:2] == ["damping λ", "reduction ratio ρ (actual / predicted decrease)"]
+    assert titles[:2] == ["damping λ", "reduction ratio ρ = actual/predicted"]
     assert not {"rho", "alpha", "step_norm", "damping"} & set(titles)
     assert not any(t.name in ("rho", "alpha", "step_norm") for t in fig.data)
 
