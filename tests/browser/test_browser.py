@@ -179,3 +179,17 @@ def test_the_home_page_prefetches_the_figure_and_table_code_once_idle(server, pa
                            timeout=60_000)
     again = [n for n in page.evaluate(fetched)[len(before):] if n in chunk_files()]
     assert again == []
+
+
+def test_a_link_to_a_lab_of_another_lesson_opens_that_lab_in_view(server, page):
+    # (the links to lesson 8's preconditioner lab opened the top of the page, the lab 5000 pixels below)
+    page.goto(f"{server['url']}/kfac")
+    settle(page)
+    href = page.locator('a[href*="practice#"]').first.get_attribute("href")
+    assert href == "practice#science-lab-one-ideal-step-many-approximations"
+    page.goto(f"{server['url']}/{href}")
+    settle(page)
+    anchor = page.locator("#" + href.split("#", 1)[1])
+    assert anchor.count() == 1
+    top = anchor.evaluate("e => e.getBoundingClientRect().top")
+    assert 0 <= top < page.viewport_size["height"], top
