@@ -68,7 +68,8 @@ def sidebar(lessons: list[Lesson]) -> None:
         st.caption(f"Labs run on: **{device_label()}**" if not labs.warming() else
                    "Labs run on: the device is being detected (shown on the next page)")
         # (one element for both scripts: each st.html takes a row of the sidebar)
-        st.html(widgets.remember_script(name) + style.prefetch_script(), unsafe_allow_javascript=True, width="content")
+        st.html(widgets.remember_script(name) + style.prefetch_script() + style.anchor_script(), unsafe_allow_javascript=True,
+                width="content")
 
 
 def main() -> None:

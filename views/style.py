@@ -82,6 +82,25 @@ def chunk_files() -> tuple[str, ...]:
     return tuple(found)
 
 
+def anchor_script() -> str:
+    """A script that keeps the element named by the address's ``#anchor`` in view while the page is still
+    growing: Streamlit scrolls to it once, when it is drawn, and the figures drawn above it afterwards pushed
+    a linked lab 900 px below the window. For 15 s after the page opened, each time the page's main block
+    changes size, it scrolls the element back into view, unless the learner has scrolled, tapped or typed
+    meanwhile; once per tab."""
+    return ("<script>(() => { if (window.__courseAnchor) return; window.__courseAnchor = true;"
+            " const id = decodeURIComponent(location.hash.slice(1)); if (!id) return;"
+            " let moved = false; const stop = Date.now() + 15000;"
+            " ['wheel', 'touchmove', 'keydown', 'mousedown'].forEach(e => addEventListener(e, () => { moved = true; },"
+            " {capture: true, passive: true}));"
+            " const go = () => { if (moved || Date.now() > stop) return; const el = document.getElementById(id);"
+            " if (el) el.scrollIntoView({block: 'start'}); };"
+            " const watch = () => { const main = document.querySelector('[data-testid=\"stMainBlockContainer\"]');"
+            " if (!main) { if (Date.now() < stop) setTimeout(watch, 200); return; }"
+            " const ro = new ResizeObserver(go); ro.observe(main); setTimeout(() => ro.disconnect(), stop - Date.now()); };"
+            " watch(); })();</script>")
+
+
 def prefetch_script() -> str:
     """A script that, once the browser is idle, imports the chunks of :func:`chunk_files` (relative to the
     address of Streamlit's own main script), once per tab."""

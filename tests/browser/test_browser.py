@@ -190,6 +190,9 @@ def test_a_link_to_a_lab_of_another_lesson_opens_that_lab_in_view(server, page):
     page.goto(f"{server['url']}/{href}")
     settle(page)
     anchor = page.locator("#" + href.split("#", 1)[1])
-    assert anchor.count() == 1
+    anchor.wait_for(state="attached", timeout=120_000)  # (a fresh server draws its labs once the warm-up is done)
+    settle(page)
+    # in view once the page has stopped growing above it (figures drawn after the first scroll pushed it down)
+    page.wait_for_timeout(1000)
     top = anchor.evaluate("e => e.getBoundingClientRect().top")
     assert 0 <= top < page.viewport_size["height"], top

@@ -189,7 +189,7 @@ def _char_part() -> None:
             continue
         text = cached(key, lambda t=t: sample_text(t.model_state, PROMPT, 200), label=f"{label}: sampling text")
         st.markdown(f"*{label}* (final training loss {t.final_loss:.3f})")
-        st.code(text, language=None)
+        st.code(text + "\n", language=None)  # (st.code drops one trailing newline: a sample may end with its own)
 
 
 def sophia_clipping(lab: Lab) -> None:
