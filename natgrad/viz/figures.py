@@ -13,7 +13,18 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.style import COLORS, PREVIOUS, byte_unit, color_of, dash_of, log_byte_ticks, log_decades, on_log
+from natgrad.viz.style import (
+    COLORS,
+    PREVIOUS,
+    byte_unit,
+    color_of,
+    dash_of,
+    decade_ticks,
+    finite,
+    log_byte_ticks,
+    log_decades,
+    on_log,
+)
 
 __all__ = ["COLORS", "PREVIOUS", "color_of", "cost_figure", "costs_figure", "fisher_figure", "fisher_panels", "loss_figure", "rank_bars_figure",
            "traces_figure", "TRACE_TITLES"]
@@ -67,7 +78,7 @@ def traces_figure(step: Sequence[int], traces: Mapping[str, Sequence[float | Non
     fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=[trace_title(n) for n in names],
                         vertical_spacing=0.12)
     for r, name in enumerate(names, start=1):
-        keep = on_log if name in log_y else (lambda v: v if v is not None and math.isfinite(v) else None)
+        keep = on_log if name in log_y else finite
         pairs = [(s, keep(v)) for s, v in zip(step, traces[name], strict=True) if keep(v) is not None]
         fig.add_trace(go.Scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines+markers",
                                  marker=dict(size=4), name=trace_title(name), showlegend=False), row=r, col=1)
@@ -300,10 +311,8 @@ def _cost_panel(fig: go.Figure, rows: Sequence[dict], value: str, *, log: bool, 
         fig.update_yaxes(type="log", range=[math.log10(low) - 0.5, math.log10(top) + 1.0], **at)
         if bytes_axis:
             fig.update_yaxes(**log_byte_ticks([low / 10, top * 10]), **at)
-        elif top / low >= 10:  # as log_decades: whole decades when the data span one
-            fig.update_yaxes(dtick=1, exponentformat="power", minor=dict(ticks="", showgrid=False), **at)
         else:
-            fig.update_yaxes(exponentformat="power", **at)
+            fig.update_yaxes(**decade_ticks([low, top]), **at)
     else:
         fig.update_yaxes(rangemode="tozero", exponentformat="power", **at)
     for i, v in enumerate(shown):  # plotly writes no text for a missing bar: the label stands at the axis's foot

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from natgrad.viz.figures import trace_title
-from natgrad.viz.style import log_decades, on_log
+from natgrad.viz.style import finite, log_decades, on_log
 
 MARKS = {  # stats() flag -> (legend name, marker)
     "rejected": ("rejected step (loss rose; undone, damping x4)", dict(symbol="x", size=9, color="#d62728")),
@@ -20,11 +18,7 @@ MARKS = {  # stats() flag -> (legend name, marker)
 
 def _linear(v) -> float | None:
     """A bar on a linear axis: the value, or none for a zero or a value that is not a finite number."""
-    return float(v) if _finite(v) and v != 0 else None
-
-
-def _finite(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # numpy scalars too
+    return finite(v) or None
 
 
 def safeguard_trace_figure(step: Sequence[int], traces: Mapping[str, Sequence[float | None]],
@@ -40,12 +34,13 @@ def safeguard_trace_figure(step: Sequence[int], traces: Mapping[str, Sequence[fl
     shown = set()
     for r, name in enumerate(names, start=1):
         values = list(traces[name])
-        pairs = [(s, v) for s, v in zip(step, values, strict=True) if _finite(v) and (name not in log_y or v > 0)]
+        keep = on_log if name in log_y else finite
+        pairs = [(s, keep(v)) for s, v in zip(step, values, strict=True) if keep(v) is not None]
         fig.add_trace(go.Scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines",
                                  line=dict(width=1.5, color="#444"), name=trace_title(name), showlegend=False), row=r, col=1)
         floor = min((p[1] for p in pairs), default=0.0)
         for flag, (legend, marker) in MARKS.items():
-            hits = [(s, v if _finite(v) and (name not in log_y or v > 0) else floor)
+            hits = [(s, floor if keep(v) is None else keep(v))
                     for s, v, m in zip(step, values, marks.get(flag, [None] * len(step)), strict=True) if m]
             if not hits:
                 continue

@@ -4,13 +4,12 @@ singular values behind Muon's orthogonalised update."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from natgrad.viz.style import color_of, log_decades, on_log, wrap_title
+from natgrad.viz.style import color_of, decade_ticks, finite, log_decades, on_log, wrap_title
 
 METRICS = ("cosine with the natural gradient", "relative error (best step length)",
            "condition number of P(F + λI)")
@@ -18,10 +17,6 @@ METRICS = ("cosine with the natural gradient", "relative error (best step length
 
 def _color(name: str, i: int) -> str:
     return color_of(name, i)  # the course's one colour per method (natgrad.viz.style.COLORS)
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def comparison_figure(measures: Mapping[str, object]) -> go.Figure:
@@ -34,7 +29,7 @@ def comparison_figure(measures: Mapping[str, object]) -> go.Figure:
                         horizontal_spacing=0.03)
     colors = [_color(n, i) for i, n in enumerate(names)]
     values = [[m.cosine for m in measures.values()], [m.relative_error for m in measures.values()],
-              [_finite(m.condition_number) for m in measures.values()]]
+              [finite(m.condition_number) for m in measures.values()]]
     for col, (vals, fmt) in enumerate(zip(values, (".3f", ".3f", ".2g"), strict=True), start=1):
         fig.add_trace(go.Bar(y=names, x=vals, orientation="h", marker_color=colors, showlegend=False,
                              text=[format(v, fmt) if v is not None else "∞" for v in vals], textposition="auto",
@@ -52,10 +47,7 @@ def comparison_figure(measures: Mapping[str, object]) -> go.Figure:
                       title=dict(text=wrap_title("each method's direction against the natural gradient"), font=dict(size=14)))
     fig.update_annotations(font_size=13)  # the panel titles
     log_decades(fig)
-    kappas = [v for v in values[2] if on_log(v)]
-    if kappas:  # at most about 4 decade ticks: the panel is narrow
-        span = math.log10(max(kappas)) - math.log10(min(kappas))
-        fig.update_xaxes(dtick=max(1, math.ceil(span / 3)), row=1, col=3)
+    fig.update_xaxes(**decade_ticks(values[2], most=4), row=1, col=3)  # the panel is narrow: fewer ticks
     return fig
 
 
@@ -90,7 +82,7 @@ def training_figure(steps: Sequence[int], series: Mapping[str, Mapping[str, Sequ
         r0 = 2
     for i, (name, metrics) in enumerate(series.items()):
         for r, metric in enumerate(METRICS, start=r0):
-            fig.add_trace(go.Scatter(x=list(steps), y=[(on_log if r == len(rows) else _finite)(v) for v in metrics[metric]], mode="lines+markers",
+            fig.add_trace(go.Scatter(x=list(steps), y=[(on_log if r == len(rows) else finite)(v) for v in metrics[metric]], mode="lines+markers",
                                      name=name, legendgroup=name, showlegend=r == r0,
                                      line=dict(color=_color(name, i), width=2), marker=dict(size=5)), row=r, col=1)
     fig.update_yaxes(type="log", exponentformat="power", row=len(rows), col=1)

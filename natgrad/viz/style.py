@@ -109,14 +109,7 @@ def log_decades(fig: go.Figure) -> go.Figure:
         axis = fig.layout[name]
         if axis.type != "log":
             continue
-        values = _axis_values(fig, name)
-        if values and max(values) / min(values) >= 10:
-            # every decade while that is at most about 12 ticks; else every 2nd, 5th, 10th ... (1e-300 to 1e300 had 600)
-            span = math.log10(max(values)) - math.log10(min(values))  # (their ratio can overflow)
-            step = next((s for s in (1, 2, 5, 10, 20, 50, 100) if span / s <= 12), 200)
-            axis.update(dtick=step, exponentformat="power", minor=dict(ticks="", showgrid=False))
-        else:
-            axis.update(exponentformat="power")
+        axis.update(**decade_ticks(_axis_values(fig, name)))
     return fig
 
 
@@ -164,12 +157,31 @@ def wrap_title(text: str, width: int = 36) -> str:
     return "<br>".join(lines)
 
 
-def on_log(v: object) -> float | None:
-    """``v`` as a float where a log axis can draw it (a finite number > 0, numpy scalars included); else None,
-    a gap in a plotly line. (plotly.js draws a value <= 0 far below a log axis, as a line diving off the plot.)"""
-    if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+def finite(v: object) -> float | None:
+    """``v`` as a float when it is a finite number (numpy scalars included, bools not); else None, a gap in a
+    plotly line."""
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
         return float(v)
     return None
+
+
+def on_log(v: object) -> float | None:
+    """``v`` as a float where a log axis can draw it (a finite number > 0); else None, a gap in a plotly line.
+    (plotly.js draws a value <= 0 far below a log axis, as a line diving off the plot.)"""
+    x = finite(v)
+    return x if x is not None and x > 0 else None
+
+
+def decade_ticks(values: Iterable[float], most: int = 12) -> dict:
+    """Axis settings for a log axis over ``values``: a tick every decade, or every 2nd, 5th, 10th ... decade so
+    that there are at most about ``most`` ticks (1e-300 to 1e300 had 600), when the values span at least a
+    decade; else plotly's own ticks. Exponents written as powers either way."""
+    vals = [x for x in map(on_log, values) if x is not None]
+    if not vals or max(vals) / min(vals) < 10:
+        return dict(exponentformat="power")
+    span = math.log10(max(vals)) - math.log10(min(vals))  # (their ratio can overflow)
+    step = next((s for s in (1, 2, 3, 5, 10, 20, 50, 100) if span / s <= most), 200)
+    return dict(dtick=step, exponentformat="power", minor=dict(ticks="", showgrid=False))
 
 
 def _real(v: object) -> bool:
