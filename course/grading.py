@@ -42,7 +42,8 @@ class Grade:
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
-_NOT_A_NUMBER = "Enter a number such as 4.1, 4096, 4.1e9 or 4.1 × 10^9 (a unit may follow it: 4.1 GB)."
+_EXAMPLE = "Enter a number such as 4.1, 4096, 4.1e9 or 4.1 × 10^9"
+_NOT_A_NUMBER = _EXAMPLE + " (a unit may follow it: 4.1 GB)."
 _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
 
 
@@ -99,6 +100,11 @@ def _unit_key(unit: str) -> str:
     return key
 
 
+def _has_unit(unit: str) -> bool:
+    """Whether a question's answer carries a unit (not a plain or 'dimensionless' number)."""
+    return _unit_key(unit) not in ("", "dimensionless")
+
+
 def same_unit(a: str, b: str) -> bool:
     """Two spellings of one unit: equal keys, or one is the other's plural ('block', 'blocks')."""
     ka, kb = _unit_key(a), _unit_key(b)
@@ -125,7 +131,7 @@ def to_unit(value: float, typed: str, unit: str) -> float:
     if want is not None:
         raise ResponseError(f"This answer is in {unit}; '{typed}' does not convert to it. Type the number alone "
                             "(in " + unit + "), or with a unit of bytes: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB.")
-    if not _unit_key(unit) or _unit_key(unit) == "dimensionless":
+    if not _has_unit(unit):
         raise ResponseError(f"This answer is a plain number without a unit; type it without '{typed}'.")
     raise ResponseError(f"This answer is in {unit}; '{typed}' is not that unit. Type the number alone.")
 
@@ -134,17 +140,16 @@ def parse_quantity(text: str, unit: str = "") -> float:
     """A learner's number, with an optional unit after it, in the question's ``unit``:
     '4.1 GB' -> 4.1, '4.1e9 bytes' -> 4.1, '134 MB' -> 0.134 for a GB question."""
     number, typed = split_unit(text)
-    example = "Enter a number such as 4.1, 4096, 4.1e9 or 4.1 × 10^9"
     if not number:
-        raise ResponseError(example + (f", in {unit}." if _unit_key(unit) not in ("", "dimensionless") else "."))
+        raise ResponseError(_EXAMPLE + (f", in {unit}." if _has_unit(unit) else "."))
     try:
         value = parse_number(number)
     except ResponseError as exc:
         if str(exc) != _NOT_A_NUMBER:  # (not finite, a fraction over 0: said as it is)
             raise
         # the example follows the question: a unit after the number only where the question has one
-        raise ResponseError(example + (f" (a unit may follow it: 4.1 {unit})." if _unit_key(unit) not in
-                                       ("", "dimensionless") else ", without a unit.")) from None
+        raise ResponseError(_EXAMPLE + (f" (a unit may follow it: 4.1 {unit})." if _has_unit(unit)
+                                        else ", without a unit.")) from None
     return to_unit(value, typed, unit)
 
 

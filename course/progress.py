@@ -53,6 +53,7 @@ CREATE INDEX IF NOT EXISTS attempts_learner ON attempts (learner, lesson, questi
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 EXPORT_FIELDS = ("id", "learner", "lesson", "question", "kind", "response", "correct", "score", "self_rating", "created_at")
+_LEARNER_ROWS = f"SELECT {', '.join(EXPORT_FIELDS)} FROM attempts WHERE learner = ? ORDER BY id"  # one learner's rows
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets may read as the start of a formula
@@ -247,7 +248,7 @@ class ProgressStore:
     # ------------------------------------------------------------------ reads
     def attempts(self, learner: str) -> list[Attempt]:
         rows = self._read(
-            f"SELECT {', '.join(EXPORT_FIELDS)} FROM attempts WHERE learner = ? ORDER BY id",
+            _LEARNER_ROWS,
             (learner,),
         )
         return [_attempt(r) for r in rows]
@@ -321,8 +322,7 @@ def read_only_attempts(path: Path | str, learner: str, timeout: float = 1.0) -> 
         try:
             conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=timeout)
             try:
-                rows = conn.execute(f"SELECT {', '.join(EXPORT_FIELDS)} FROM attempts WHERE learner = ? ORDER BY id",
-                                    (learner,)).fetchall()
+                rows = conn.execute(_LEARNER_ROWS, (learner,)).fetchall()
             finally:
                 conn.close()
             return [_attempt(r) for r in rows]

@@ -39,10 +39,15 @@ class CurvatureCost:
     apply_flops: float  # to precondition one gradient
 
 
+def _whole(v: Any) -> bool:
+    """A whole number of at least 1, of any numeric type (4.0 and numpy ints too; not a bool)."""
+    return not isinstance(v, bool) and float(v).is_integer() and v >= 1
+
+
 def _sizes(*sizes: Any, block_size: Any = None) -> tuple[int, ...]:
     """``sizes`` and ``block_size`` (last; unless None) as ints; refused unless whole numbers >= 1."""
     for what, v in [("size", x) for x in sizes] + ([("block_size", block_size)] if block_size is not None else []):
-        if isinstance(v, bool) or not float(v).is_integer() or v < 1:
+        if not _whole(v):
             raise ValueError(f"sizes and block_size must be whole numbers of at least 1; got {what} {v!r}")
     return (*(int(x) for x in sizes), None if block_size is None else int(block_size))
 
@@ -227,7 +232,7 @@ def shampoo_memory(m: int, n: int, *, dtype: str = "float32", block_size: int | 
     al. 2020; Shi et al. 2023).
     """
     m, n, block_size = _sizes(m, n, block_size=block_size)
-    if isinstance(world_size, bool) or not float(world_size).is_integer() or world_size < 1:
+    if not _whole(world_size):
         raise ValueError(f"world_size must be a whole number of at least 1, got {world_size!r}")
     blocks = plan_blocks((m, n), block_size or max(m, n), 0, "W", getattr(torch, dtype))
     owner = assign_blocks(blocks, world_size)
