@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas  # noqa: F401
 import streamlit as st
 
-from course import widgets
+from course import network, widgets
 from course.lessons import SECTIONS, Lesson, LessonError
 from course.markup import escape_markdown
 from course.progress import default_path
@@ -21,6 +21,12 @@ from views import home, labs, lesson, notation, progress, style
 
 st.set_page_config(page_title="Natural Gradient in Deep Learning", page_icon="🎓", layout="wide")
 style.inject()  # phone width: equations and tables scroll in their own box, labels wrap
+
+
+@st.cache_resource(show_spinner=False)
+def send_at_once() -> int:
+    """Once per server: its replies leave without Nagle's 40 ms wait (course/network.py says why)."""
+    return network.send_at_once()
 
 
 @st.cache_resource(show_spinner=False)
@@ -73,6 +79,7 @@ def sidebar(lessons: list[Lesson]) -> None:
 
 
 def main() -> None:
+    send_at_once()  # the open connections too: this page's own chunks and websocket messages
     labs.drop_non_finite_link_values()  # before any widget reads the link: Streamlit's int(float('1e400')) raises
     try:
         lessons = widgets.lessons()

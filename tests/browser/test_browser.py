@@ -181,6 +181,36 @@ def test_the_home_page_prefetches_the_figure_and_table_code_once_idle(server, pa
     assert again == []
 
 
+def test_the_server_sends_small_files_without_waiting_for_an_acknowledgement(server, page):
+    """Once the app has run, small files over one keep-alive connection come back in a few ms. With Nagle's
+    algorithm on (course/network.py says why Streamlit's server had it), each waited for the client's delayed
+    ACK: 44 ms on Linux, every one after the first few."""
+    import http.client
+    import statistics
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    page.goto(f"{server['url']}/")
+    settle(page)  # the app has run in the server process
+    with urllib.request.urlopen(f"{server['url']}/") as r:
+        files = re.findall(r'(?:href|src)="\.?/?(static/[^"]+)"', r.read().decode())
+    assert len(files) >= 20
+    address = urlsplit(server["url"])
+    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    times = []
+    try:
+        for name in files[:24]:
+            start = time.perf_counter()
+            conn.request("GET", f"/{name}")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+            times.append(time.perf_counter() - start)
+    finally:
+        conn.close()
+    assert statistics.median(times[4:]) < 0.035, [round(t * 1e3, 1) for t in times]
+
+
 def test_a_link_to_a_lab_of_another_lesson_opens_that_lab_in_view(server, page):
     # (the links to lesson 8's preconditioner lab opened the top of the page, the lab 5000 pixels below)
     page.goto(f"{server['url']}/kfac")
