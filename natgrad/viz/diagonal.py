@@ -60,6 +60,8 @@ def contour_paths_figure(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, pat
     a saddle). ``log_levels`` colours log10(1 + value - min) so valleys stay visible."""
     z = np.asarray(values, dtype=float)
     shown = np.log10(1 + z - np.nanmin(z)) if log_levels else z
+    if np.nanmax(np.abs(shown), initial=0.0) < 1e30:  # colour levels only: float32 halves what the browser gets
+        shown = shown.astype(np.float32)
     fig = go.Figure(go.Contour(x=xs, y=ys, z=shown, colorscale="Blues", reversescale=True, ncontours=30,
                                showscale=False, hoverinfo="skip", line=dict(width=0.5)))
     for i, (label, pts) in enumerate(paths.items()):

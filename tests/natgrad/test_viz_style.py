@@ -316,3 +316,16 @@ def test_long_titles_are_broken_into_lines_plotly_can_show_on_a_phone():
     assert wrap_title(title) == "digits autoencoder<br>(64-128-64-32-8-32-64-128-64)"
     assert wrap_title("the race") == "the race"
     assert all(len(line) <= 36 for line in wrap_title("a b c " * 30).split("<br>"))
+
+
+def test_contour_levels_go_to_the_browser_as_float32_unless_float32_cannot_hold_them():
+    from natgrad.viz import contour_paths_figure
+
+    xs = np.linspace(-1, 1, 7)
+    z = np.add.outer(xs, xs) ** 2
+    fig = contour_paths_figure(xs, xs, z, {})
+    sent = json.loads(fig.to_json())["data"][0]["z"]
+    assert sent["dtype"] == "f4"  # half the bytes of float64
+    assert np.asarray(fig.data[0].z) == pytest.approx(np.log10(1 + z - z.min()), rel=1e-6)
+    huge = contour_paths_figure(xs, xs, 1e200 * z, {}, log_levels=False)  # float32 would make these inf
+    assert np.isfinite(np.asarray(huge.data[0].z)).all()
