@@ -181,30 +181,62 @@ def stiefel_figure(runs: Mapping[str, tuple[Sequence[int], Sequence[float], Sequ
 
 
 # ------------------------------------------------------------------------------------------ Poincare disk
+ARC_TOLERANCE = 0.002  # disk units (radius 1): under a pixel in the lab's 560-pixel figure
+
+
+def _thin(path: np.ndarray, tol: float = ARC_TOLERANCE) -> list[np.ndarray]:
+    """Each arc of ``path`` ((E, points, 2), evenly spaced in hyperbolic distance) with only every ``step``-th
+    point, the largest step (a divisor of ``points - 1``, so both ends and, from 3 points, the middle stay)
+    whose straight segments stay within ``tol`` of every dropped point: an edge near the rim of the disk is
+    short and nearly straight, so a few points draw it, where a long one near the centre keeps them all."""
+    n = path.shape[1]
+    half = (n - 1) // 2
+    # largest first, 1 last (always fits); all but the largest keep the middle point (a divisor of half)
+    steps = [d for d in range(n - 1, 0, -1) if (n - 1) % d == 0 and (d == n - 1 or half % d == 0)]
+    chosen = np.ones(len(path), dtype=int)
+    undecided = np.ones(len(path), dtype=bool)
+    for d in steps:
+        kept = np.arange(0, n, d)
+        # each point's distance to the straight segment between the kept points around it
+        lo = np.minimum(np.arange(n) // d * d, n - 1 - d)
+        a, ab = path[:, lo], path[:, lo + d] - path[:, lo]
+        w = np.clip(np.sum((path - a) * ab, axis=2) / np.maximum(np.sum(ab * ab, axis=2), 1e-300), 0, 1)
+        fits = np.linalg.norm(path - (a + w[..., None] * ab), axis=2).max(axis=1) <= tol
+        take = undecided & fits
+        chosen[take] = d
+        undecided &= ~take
+        if not undecided.any() or len(kept) == n:
+            break
+    return [p[::d] for p, d in zip(path, chosen, strict=True)]
+
+
 def _edge_paths(x: np.ndarray, edges: Sequence[tuple[int, int]], inside: np.ndarray, points: int = 25):
     """Polyline coordinates of the geodesic arcs (geoopt's ``PoincareBall.geodesic``) between edge ends inside the
-    disk; straight dashed segments where an end is outside (no geodesic there). Each is ``(xs, ys)``, float
+    disk, each with as few of its ``points`` as draw it within :data:`ARC_TOLERANCE` (:func:`_thin`); straight
+    dashed segments where an end is outside (no geodesic there). Each is ``(xs, ys)``, float
     arrays with a NaN after every arc or segment (a gap in a plotly line): numpy arrays go to the browser as
     typed arrays, where lists of numbers would be checked one by one (3 s for the lab's 90 animation frames)."""
     ball = geoopt.PoincareBall().to(dtype=torch.float64)
     t = torch.linspace(0, 1, points, dtype=torch.float64)[None, :, None]
 
-    def polylines(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (k, m, 2) -> NaN-separated xs, ys
+    def polylines(pieces: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:  # [(m, 2)] -> NaN-separated xs, ys
         if not len(pieces):
             return np.zeros(0), np.zeros(0)
-        flat = np.concatenate([pieces, np.full((len(pieces), 1, 2), np.nan)], axis=1).reshape(-1, 2)
+        gap = np.full((1, 2), np.nan)
+        flat = np.concatenate([part for p in pieces for part in (p, gap)])
         flat = flat.astype(np.float32)  # 4 decimals drawn: float32 halves what the browser receives
         return flat[:, 0], flat[:, 1]
 
     ok = [(a, b) for a, b in edges if inside[a] and inside[b]]
-    path = np.zeros((0, points, 2))
+    arcs: list[np.ndarray] = []
     if ok:
         xt = torch.tensor(x, dtype=torch.float64)
         a, b = zip(*ok, strict=True)
         path = np.round(ball.geodesic(t, xt[list(a)][:, None, :], xt[list(b)][:, None, :]).numpy(), 4)  # (E, points, 2)
+        arcs = _thin(path)
     bad = [(a, b) for a, b in edges if not (inside[a] and inside[b])]
-    straight = np.array([[x[a], x[b]] for a, b in bad], dtype=float).reshape(-1, 2, 2)
-    return polylines(path), polylines(straight)
+    straight = [np.array([x[a], x[b]], dtype=float) for a, b in bad]
+    return polylines(arcs), polylines(straight)
 
 
 def _disk_traces(x: np.ndarray, names: Sequence[str], depth: Sequence[int], edges: Sequence[tuple[int, int]]):
