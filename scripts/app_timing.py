@@ -15,7 +15,8 @@ the run that sent them has ended); with
 ``--links`` pages are also reached by clicking their sidebar link, the app staying loaded,
 timed from the click; with ``--cold`` each page is also opened in a fresh browser context (an empty
 cache: a learner's first visit to the course, or a shared link opened for the first time), no other
-tab of the course being open. For every lab form the
+tab of the course being open, and then, as soon as it has settled, scrolled to its first figure that waits
+to be drawn (a lab far from the window draws its figures when the learner comes near it), timed until drawn. For every lab form the
 submit button is pressed twice at the form's opening settings: the first
 press is the learner's first run (served from the shipped results unless
 ``--fresh``), the second the cached rerun; each is timed from the click to the
@@ -146,6 +147,22 @@ def address(url: str, path: str) -> str:
     return f"{url}/" if path == "home" else f"{url}/{path}"
 
 
+# A lab far below the window draws its figures when the learner scrolls near it (views/labs/figures.py): until
+# then each is a box of its height, keyed "<figure>-waiting".
+WAITING = '#root [class*="st-key-"][class*="-waiting"]'
+
+
+def scroll_to_figure(page) -> float | None:
+    """Seconds from scrolling the page's first waiting figure into view until it (and its lab) has settled;
+    None when no figure waits."""
+    box = page.locator(WAITING).first
+    if box.count() == 0:
+        return None
+    since = page.evaluate("() => performance.now()")
+    box.scroll_into_view_if_needed()
+    return wait_settled(page, since)
+
+
 def follow_link(page, url: str, path: str) -> float:
     """Seconds from a click on the page's link in the sidebar (the app stays loaded) until it has settled."""
     target = address(url, path)
@@ -215,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     visits: dict[str, list[float]] = {}  # page -> settle time of each visit
     clicks: dict[str, list[float]] = {}  # page -> settle time after each click on its sidebar link
     cold: dict[str, list[float]] = {}  # page -> settle time in a fresh browser context
+    cold_scroll: dict[str, list[float]] = {}  # page -> then its first waiting figure, scrolled to at once
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -245,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                     tab = fresh.new_page()
                     tab.set_default_timeout(TIMEOUT_S * 1e3)
                     cold.setdefault(path, []).append(open_page(tab, address(url, path)))
+                    if (scrolled := scroll_to_figure(tab)) is not None:  # at once: plotly may still be loading
+                        cold_scroll.setdefault(path, []).append(scrolled)
                     fresh.close()
             browser.close()
     finally:
@@ -262,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     if cold:
         print(f"\n{'page opened in a fresh browser (empty cache)':<48} median of {args.repeat}  (each)")
         for name, seen in cold.items():
+            print(f"{name:<48} {statistics.median(seen):8.2f}  ({', '.join(f'{v:.2f}' for v in seen)})")
+    if cold_scroll:
+        print(f"\n{'... then scrolled at once to its first figure':<48} median of {len(next(iter(cold_scroll.values())))}"
+              "  (each: until drawn)")
+        for name, seen in cold_scroll.items():
             print(f"{name:<48} {statistics.median(seen):8.2f}  ({', '.join(f'{v:.2f}' for v in seen)})")
     if labs:
         what = "first run (training)" if args.fresh else "first run (opening settings)"

@@ -18,6 +18,8 @@ import streamlit as st
 
 CSS = """
 <style>
+/* the sensor that tells a lab it is near the window takes no room (views/labs/figures.py) */
+div[class*="st-key-near-sensor-"] { display: none; }
 /* wide display maths and Markdown tables scroll inside their own box */
 .katex-display { overflow-x: auto; overflow-y: hidden; max-width: 100%; padding: 0.1em 0; }
 /* KaTeX's MathML copy (for screen readers) is clipped but keeps its width, which made narrow pages

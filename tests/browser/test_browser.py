@@ -62,6 +62,27 @@ def wait_for_maths(page) -> None:
         "() => !document.querySelector('[data-testid=\"stMain\"] [data-testid=\"stSkeleton\"]')", timeout=30_000)
 
 
+WAITING = '[data-testid="stMain"] [class*="st-key-"][class*="-waiting"]'
+
+
+def draw_all_figures(page) -> int:
+    """Scroll to every figure that waits to be drawn (a lab far from the window draws its figures when the
+    learner comes near it) until none waits; how many figures the page then shows."""
+    for _ in range(50):
+        first = page.locator(WAITING).first
+        if first.count() == 0:
+            break
+        key = re.search(r"st-key-(\S+-waiting)", first.get_attribute("class")).group(1)
+        box = page.locator(f".st-key-{key}")  # this one box (a locator of .first would follow the next one)
+        box.scroll_into_view_if_needed()
+        box.wait_for(state="detached", timeout=60_000)
+    assert page.locator(WAITING).count() == 0
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')].every(e => e.querySelector('.main-svg'))",
+        timeout=60_000)
+    return page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]').count()
+
+
 def shown_value(thumb) -> str | None:
     """The value a slider shows (Streamlit's sliders are <input type="range"> whose value is the
     option's index; the option itself is in aria-valuetext)."""
@@ -175,6 +196,9 @@ def test_the_home_page_prefetches_the_figure_and_table_code_once_idle(server, pa
     assert page.locator('[data-testid="stPlotlyChart"]').count() == 0  # nothing on home needed them
     before = page.evaluate(fetched)
     page.locator('[data-testid="stSidebarNav"] a[href$="/kfac"]').first.click()
+    waiting = page.locator('[class*="st-key-"][class*="-waiting"]').first  # far from the window: drawn when near
+    waiting.wait_for(timeout=60_000)
+    waiting.scroll_into_view_if_needed()
     page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length > 0",
                            timeout=60_000)
     again = [n for n in page.evaluate(fetched)[len(before):] if n in chunk_files()]
@@ -209,6 +233,30 @@ def test_the_server_sends_small_files_without_waiting_for_an_acknowledgement(ser
     finally:
         conn.close()
     assert statistics.median(times[4:]) < 0.035, [round(t * 1e3, 1) for t in times]
+
+
+def test_a_lab_far_below_draws_its_figures_when_the_learner_scrolls_to_it(server, page):
+    """The Riemannian page opens with its labs far below the window: no figure is drawn, each waits in a box of
+    its own height. Scrolled to the last lab, that lab alone reruns and draws its two figures in place of the
+    boxes; the labs the learner did not come near still wait."""
+    page.goto(f"{server['url']}/riemannian")
+    settle(page)
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    waiting = page.locator('[class*="st-key-"][class*="-waiting"]')
+    # (on the server's first page the labs are drawn once their imports are done)
+    page.wait_for_function("() => document.querySelectorAll('[class*=\"st-key-\"][class*=\"-waiting\"]').length == 7",
+                           timeout=60_000)
+    settle(page)
+    assert charts.count() == 0 and waiting.count() == 7
+    box = page.locator(".st-key-pe-loss-waiting")
+    height = box.bounding_box()["height"]
+    box.scroll_into_view_if_needed()
+    page.locator(".st-key-pe-loss .main-svg").first.wait_for(timeout=60_000)
+    drawn = page.locator(".st-key-pe-loss [data-testid='stPlotlyChart']").bounding_box()["height"]
+    assert abs(drawn - height) < 0.1 * height  # the box held the figure's place: the page did not jump
+    assert page.locator(".st-key-pe-disk-riemannian .main-svg").count() >= 1
+    assert page.locator(".st-key-st-fig-waiting").count() == 1  # the first lab, far above, still waits
+    assert charts.count() == 2
 
 
 def test_a_link_to_a_lab_of_another_lesson_opens_that_lab_in_view(server, page):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from course.lessons import load_lessons
-from tests.browser.test_browser import settle, wait_for_maths
+from tests.browser.test_browser import draw_all_figures, settle, wait_for_maths
+from views.labs import LABS
 
 WIDTH, HEIGHT = 390, 844
 LESSONS = load_lessons()
@@ -54,6 +55,10 @@ def test_a_lesson_fits_a_phone_screen(server, phone, slug):
     phone.goto(f"{server['url']}/{slug}")
     settle(phone)
     phone.get_by_role("heading", name="Sources").wait_for()
+    lesson = next(x for x in LESSONS if x.slug == slug)
+    drawn = draw_all_figures(phone)  # the learner scrolls through the whole lesson
+    assert drawn > 0 or not any(lab.id in LABS for lab in lesson.labs)
+    phone.evaluate("window.scrollTo(0, 0)")
     wait_for_maths(phone)
     # neither the page nor its main area scrolls sideways ...
     assert phone.evaluate("document.documentElement.scrollWidth") <= WIDTH + 1

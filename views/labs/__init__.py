@@ -32,6 +32,7 @@ def framed(render: Callable[[Lab], None]) -> Callable[[Lab], None]:
 
     def draw(lab: Lab) -> None:
         with figures.lab_context(lab) as state:
+            state.draw = figures.figures_near(lab)
             predict.block(lab)
             render(lab)
             if state.figures:

@@ -13,6 +13,7 @@ import csv
 import io
 import math
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,6 +34,7 @@ class _LabState:
     figures: dict[str, go.Figure] = field(default_factory=dict)  # key -> figure, in drawing order
     matrices: dict[str, np.ndarray] = field(default_factory=dict)  # key -> the matrix a figure shows as an image
     runs: dict[str, object] = field(default_factory=dict)  # label -> Trajectory (or anything with step/loss)
+    draw: bool = True  # False: the lab is far from the learner's window; its figures wait (figures_near)
 
 
 _STATE: ContextVar[_LabState | None] = ContextVar("natgrad_lab", default=None)
@@ -61,16 +63,90 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
 
 
+# --------------------------------------------------------------------------------------- drawn when near
+# A lesson page holds 3-5 labs and up to 7 figures, most of them far below the window when the page opens. The
+# first figure a browser draws costs it about 0.85 s with an empty cache (Streamlit's front end loads and
+# compiles plotly, 4.7 MB of JavaScript: measured on a page with one small figure) and each further one tens of
+# ms, so a lab draws its figures only once any part of it comes within NEAR_MARGIN of the window. Until then
+# each figure is an empty box of its own height (the page does not jump when it is drawn), and the lab's
+# computations and downloads are as always. A tiny component in the lab watches the lab's frame and, the first
+# time it comes near, reruns the lab (its fragment alone); the session remembers it. A session without a browser
+# (AppTest, scripts/lab_defaults.py) runs no JavaScript and draws every figure at once.
+NEAR_MARGIN = "800px 0px"
+NEAR_JS = """
+export default function ({ parentElement, setStateValue, data }) {
+  const host = parentElement.host || parentElement;
+  const frame = (host.closest && host.closest('[data-testid="stVerticalBlock"]')) || host;
+  let near = false, asked = 0;
+  // a new number each time, so that each is a change that reruns the lab; asked again each second while the
+  // lab is near and a figure in it still waits, in case the rerun it asked for did not come
+  const ask = () => {
+    if (!near || (asked && !frame.querySelector('[class*="-waiting"]'))) return;
+    setStateValue("near", ++asked);
+    host.setAttribute("data-near-asked", String(asked));  // (for tests: how many times it asked)
+  };
+  const watch = new IntersectionObserver(entries => { near = entries.some(e => e.isIntersecting); ask(); },
+                                         { rootMargin: data.margin });
+  watch.observe(frame);
+  const again = setInterval(ask, 1000);
+  return () => { watch.disconnect(); clearInterval(again); };
+}
+"""
+_SENSOR: list = []
+_SENSOR_LOCK = threading.Lock()
+
+
+def _sensor():
+    """The component that reports a lab's frame near the window (registered once per process, by the first
+    script run that needs it)."""
+    with _SENSOR_LOCK:
+        if not _SENSOR:
+            _SENSOR.append(st.components.v2.component("natgrad_course.near", html="<span></span>", js=NEAR_JS))
+        return _SENSOR[0]
+
+
+def _in_browser() -> bool:
+    """Whether this session is a browser's (which runs the component's script): its request had a User-Agent."""
+    try:
+        return bool(st.context.headers.get("User-Agent"))
+    except Exception:  # noqa: BLE001 - no request at all: not a browser
+        return False
+
+
+def figures_near(lab: Lab) -> bool:
+    """Whether ``lab`` draws its figures in this run (see the comment above); when not, a sensor is drawn that
+    reruns the lab once the lab comes near the window."""
+    flag = f"_figures-near:{lab.id}"
+    if st.session_state.get(flag) or not _in_browser():
+        return True
+    seen = _sensor()(key=f"near-sensor-{lab.id}", data={"margin": NEAR_MARGIN}, default={"near": 0},
+                     on_near_change=lambda: None)
+    if getattr(seen, "near", 0):  # how many times the browser asked: once is enough
+        st.session_state[flag] = True
+        return True
+    return False
+
+
+def _waiting(fig: go.Figure, key: str, where) -> None:
+    """The box a figure will be drawn in: its height, a line saying so."""
+    height = fig.layout.height if isinstance(fig.layout.height, (int, float)) and fig.layout.height > 0 else 450
+    box = where.container(height=int(height), border=False, key=f"{key}-waiting")
+    box.caption(":material/hourglass_empty: The figure is drawn as you scroll to it.")
+
+
 def chart(fig: go.Figure, key: str, where=None, *, matrix: np.ndarray | None = None) -> None:
     """Draw ``fig`` (in ``where``, a column or tab; default the page) with the lesson's caption for
     ``key`` under it, and record it for the lab's downloads. ``matrix``: the values a figure shows as
     an image (a Fisher heatmap's colours carry no numbers), for the CSV of the numbers behind it."""
     where = where if where is not None else st
     filename = _slug(key)
-    where.plotly_chart(fig, key=key, config={"displaylogo": False,
-                                             "toImageButtonOptions": {"format": "png", "filename": filename,
-                                                                      "scale": 2}})
     state = _state()
+    if state is not None and not state.draw:
+        _waiting(fig, key, where)
+    else:
+        where.plotly_chart(fig, key=key, config={"displaylogo": False,
+                                                 "toImageButtonOptions": {"format": "png", "filename": filename,
+                                                                          "scale": 2}})
     if state is None:
         return
     state.figures[key] = fig
