@@ -63,19 +63,30 @@ def wait_for_maths(page) -> None:
 
 
 WAITING = '[data-testid="stMain"] [class*="st-key-"][class*="-waiting"]'
+# no figure waits within reach of the window: every lab near it has drawn (its sensor reaches 400 px)
+NONE_WAITING_NEAR = """() => ![...document.querySelectorAll('[data-testid="stMain"] [class*="st-key-"][class*="-waiting"]')]
+  .some(e => { const r = e.getBoundingClientRect(); return r.height > 0 && r.bottom > -350 && r.top < innerHeight + 350; })"""
+
+
+def scroll_to(page, locator) -> None:
+    """Scroll ``locator`` into view as a learner does, then let the labs near it draw their figures (a lab far
+    from the window draws them when the learner comes near: its rerun would otherwise land mid-interaction)."""
+    locator.scroll_into_view_if_needed()
+    page.wait_for_function(NONE_WAITING_NEAR, timeout=60_000)
+    settle(page)
 
 
 def draw_all_figures(page) -> int:
-    """Scroll to every figure that waits to be drawn (a lab far from the window draws its figures when the
-    learner comes near it) until none waits; how many figures the page then shows."""
-    for _ in range(50):
-        first = page.locator(WAITING).first
-        if first.count() == 0:
+    """Scroll through the whole page, a window at a time, as a learner reading it does, until no figure waits
+    to be drawn; how many figures the page then shows."""
+    scroll = """() => { const m = document.querySelector('[data-testid="stMain"]');
+      const el = m && m.scrollHeight > m.clientHeight + 1 ? m : document.scrollingElement;
+      const before = el.scrollTop; el.scrollBy(0, Math.round(innerHeight * 0.8)); return el.scrollTop === before; }"""
+    for _ in range(500):
+        at_end = page.evaluate(scroll)
+        page.wait_for_function(NONE_WAITING_NEAR, timeout=60_000)
+        if at_end:
             break
-        key = re.search(r"st-key-(\S+-waiting)", first.get_attribute("class")).group(1)
-        box = page.locator(f".st-key-{key}")  # this one box (a locator of .first would follow the next one)
-        box.scroll_into_view_if_needed()
-        box.wait_for(state="detached", timeout=60_000)
     assert page.locator(WAITING).count() == 0
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')].every(e => e.querySelector('.main-svg'))",
@@ -116,7 +127,7 @@ def test_answer_survives_reload(server, page):
     page.goto(f"{server['url']}/{lesson.slug}")
     settle(page)
     form = question_forms(page).nth(index)
-    form.scroll_into_view_if_needed()
+    scroll_to(page, form)
     form.locator('[role="radiogroup"] label').nth(right).click()
     form.get_by_role("button", name="Check answer").click()
     page.get_by_text("Correct.", exact=True).first.wait_for()
@@ -140,7 +151,7 @@ def test_sharding_lab_spawns_ranks_from_the_real_server(server, page):
     settle(page)
     form = page.locator('[data-testid="stForm"]').filter(
         has=page.get_by_role("button", name="Launch the ranks and train"))
-    form.scroll_into_view_if_needed()
+    scroll_to(page, form)
     # 10 steps: the opening settings' result is shipped with the course, and pressing for it launches nothing
     steps = form.get_by_role("slider").nth(1)
     steps.focus()
@@ -156,11 +167,11 @@ def test_sharding_lab_spawns_ranks_from_the_real_server(server, page):
 
 def test_riemannian_labs_draw_in_the_real_browser(server, page):
     """The 3-D sphere (WebGL) and the animated Poincare disks draw in Chromium; plain Adam's failure is told.
-    (Streamlit draws a chart when it scrolls into view.)"""
+    (A lab draws its figures when the learner scrolls near it.)"""
     page.goto(f"{server['url']}/riemannian")
     settle(page)
     page.get_by_role("heading", name="Sources").wait_for()
-    page.get_by_text("Lab: Retraction vs exponential map").first.scroll_into_view_if_needed()
+    scroll_to(page, page.get_by_text("Lab: Retraction vs exponential map").first)
     sphere_metric = page.locator('[data-testid="stMetricLabel"]').filter(has_text="Cayley (Stiefel, k = 1)")
     assert sphere_metric.count() == 0  # the sphere's tab is drawn only when it is opened
     page.get_by_role("tab", name="unit sphere (= Stiefel St(3, 1))").click()
@@ -168,7 +179,7 @@ def test_riemannian_labs_draw_in_the_real_browser(server, page):
     page.locator('[data-testid="stPlotlyChart"] .gl-container canvas').first.wait_for(state="attached",
                                                                                     timeout=30_000)  # WebGL
     form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_text("Riemannian Adam learning rate"))
-    form.scroll_into_view_if_needed()
+    scroll_to(page, form)
     form.get_by_role("button", name="Train").click()
     page.get_by_text("out of the disk", exact=False).first.wait_for(state="attached", timeout=180_000)
     settle(page)
@@ -198,7 +209,8 @@ def test_the_home_page_prefetches_the_figure_and_table_code_once_idle(server, pa
     page.locator('[data-testid="stSidebarNav"] a[href$="/kfac"]').first.click()
     waiting = page.locator('[class*="st-key-"][class*="-waiting"]').first  # far from the window: drawn when near
     waiting.wait_for(timeout=60_000)
-    waiting.scroll_into_view_if_needed()
+    # (scrolled by the page's own script: the box goes once its lab comes near, maybe while being scrolled to)
+    page.evaluate("() => document.querySelector('[class*=\"st-key-\"][class*=\"-waiting\"]')?.scrollIntoView()")
     page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length > 0",
                            timeout=60_000)
     again = [n for n in page.evaluate(fetched)[len(before):] if n in chunk_files()]
@@ -210,7 +222,6 @@ def test_the_server_sends_small_files_without_waiting_for_an_acknowledgement(ser
     algorithm on (course/network.py says why Streamlit's server had it), each waited for the client's delayed
     ACK: 44 ms on Linux, every one after the first few."""
     import http.client
-    import statistics
     import urllib.request
     from urllib.parse import urlsplit
 
@@ -232,7 +243,8 @@ def test_the_server_sends_small_files_without_waiting_for_an_acknowledgement(ser
             times.append(time.perf_counter() - start)
     finally:
         conn.close()
-    assert statistics.median(times[4:]) < 0.035, [round(t * 1e3, 1) for t in times]
+    # with the delay every one of them takes at least 40 ms; without it most take a few ms, even on a busy machine
+    assert sorted(times[4:])[len(times[4:]) // 4] < 0.030, [round(t * 1e3, 1) for t in times]
 
 
 def test_a_lab_far_below_draws_its_figures_when_the_learner_scrolls_to_it(server, page):

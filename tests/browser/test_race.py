@@ -3,14 +3,14 @@ and draws loss against steps and against seconds, with no exception on the page.
 
 from __future__ import annotations
 
-from tests.browser.test_browser import settle
+from tests.browser.test_browser import scroll_to, settle
 
 
 def test_optimizer_race_runs_in_the_browser(server, page):
     page.goto(f"{server['url']}/practice")
     settle(page)
     race = page.get_by_role("button", name="Race", exact=True)
-    race.scroll_into_view_if_needed()
+    scroll_to(page, race)
     race.click()
     page.get_by_text("seconds (wall clock)").first.wait_for(timeout=240_000)
     settle(page)

@@ -25,7 +25,14 @@ import pytest
 from course.lessons import load_lessons
 from course.session import MAX_LEARNER_LEN
 from natgrad.sharding import MAX_RANKS
-from tests.browser.test_browser import question_forms, results_of_a_run, settle, shown_value, wait_for_results
+from tests.browser.test_browser import (
+    question_forms,
+    results_of_a_run,
+    scroll_to,
+    settle,
+    shown_value,
+    wait_for_results,
+)
 from tests.reliability.procs import descendants
 
 SESSIONS = 6
@@ -63,7 +70,7 @@ def _answer_one_question(pages, names, q, index) -> None:
     for i, page in enumerate(pages):  # each learner answers one question, right or wrong by turn
         _set_learner(page, names[i])
         form = question_forms(page).nth(index)
-        form.scroll_into_view_if_needed()
+        scroll_to(page, form)
         form.locator('[role="radiogroup"] label').nth(right if i % 2 == 0 else wrong).click()
         form.get_by_role("button", name="Check answer").click()
         page.get_by_text("Correct." if i % 2 == 0 else "Not quite. Try again.",
@@ -94,7 +101,7 @@ def test_six_learners_train_at_once(server, browser, same):
         dampings = []
         for i, page in enumerate(pages):
             form = _lab_form(page, "Train")
-            form.scroll_into_view_if_needed()
+            scroll_to(page, form)
             steps = form.get_by_role("slider").nth(0)
             if not same:  # six runs: 200 -> 50 steps each; one shared run keeps its 200, long enough
                 _move(steps, -2)  # for the learners' pages to show it as shared while it trains
@@ -195,7 +202,7 @@ def test_pressing_the_sharding_lab_again_and_again_never_piles_up_ranks(server, 
             page.goto(f"{server['url']}/distributed-shampoo")
             settle(page)
         form = _lab_form(a, launch)
-        form.scroll_into_view_if_needed()
+        scroll_to(a, form)
         assert shown_value(form.get_by_role("slider").nth(0)) == str(ranks)
         steps = form.get_by_role("slider").nth(1)
         _move(steps, 1)  # 20 -> 50: the opening settings' result is shipped and would launch nothing
@@ -204,6 +211,7 @@ def test_pressing_the_sharding_lab_again_and_again_never_piles_up_ranks(server, 
         # the second learner: 10 steps in blocks of 256, settings nobody asks for (a cached result would
         # launch nothing; test_browser's sharding test runs 10 steps in blocks of 64)
         form_b = _lab_form(b, launch)
+        scroll_to(b, form_b)
         _move(form_b.get_by_role("slider").nth(1), -1)
         _move(form_b.get_by_role("slider").nth(2), 2)
         assert [shown_value(form_b.get_by_role("slider").nth(i)) for i in (1, 2)] == ["10", "256"]

@@ -72,7 +72,7 @@ def _slug(text: str) -> str:
 # computations and downloads are as always. A tiny component in the lab watches the lab's frame and, the first
 # time it comes near, reruns the lab (its fragment alone); the session remembers it. A session without a browser
 # (AppTest, scripts/lab_defaults.py) runs no JavaScript and draws every figure at once.
-NEAR_MARGIN = "800px 0px"
+NEAR_MARGIN = "400px 0px"
 NEAR_JS = """
 export default function ({ parentElement, setStateValue, data }) {
   const host = parentElement.host || parentElement;
@@ -85,8 +85,12 @@ export default function ({ parentElement, setStateValue, data }) {
     setStateValue("near", ++asked);
     host.setAttribute("data-near-asked", String(asked));  // (for tests: how many times it asked)
   };
+  // the margin counts only on the box that scrolls (Streamlit's main area; on some screens the page itself):
+  // an ancestor that scrolls clips what the window's margin would reach
+  const main = host.closest && host.closest('[data-testid="stMain"]');
+  const scrolls = main && ["auto", "scroll"].includes(getComputedStyle(main).overflowY) ? main : null;
   const watch = new IntersectionObserver(entries => { near = entries.some(e => e.isIntersecting); ask(); },
-                                         { rootMargin: data.margin });
+                                         { root: scrolls, rootMargin: data.margin });
   watch.observe(frame);
   const again = setInterval(ask, 1000);
   return () => { watch.disconnect(); clearInterval(again); };
