@@ -64,7 +64,7 @@ def wait_for_maths(page) -> None:
 
 WAITING = '[data-testid="stMain"] [class*="st-key-"][class*="-waiting"]'
 # no figure waits within reach of the window: every lab near it has drawn (its sensor reaches 400 px)
-NONE_WAITING_NEAR = """() => ![...document.querySelectorAll('[data-testid="stMain"] [class*="st-key-"][class*="-waiting"]')]
+NONE_WAITING_NEAR = """(sel) => ![...document.querySelectorAll(sel)]
   .some(e => { const r = e.getBoundingClientRect(); return r.height > 0 && r.bottom > -350 && r.top < innerHeight + 350; })"""
 
 
@@ -72,7 +72,7 @@ def scroll_to(page, locator) -> None:
     """Scroll ``locator`` into view as a learner does, then let the labs near it draw their figures (a lab far
     from the window draws them when the learner comes near: its rerun would otherwise land mid-interaction)."""
     locator.scroll_into_view_if_needed()
-    page.wait_for_function(NONE_WAITING_NEAR, timeout=60_000)
+    page.wait_for_function(NONE_WAITING_NEAR, arg=WAITING, timeout=60_000)
     settle(page)
 
 
@@ -84,7 +84,7 @@ def draw_all_figures(page) -> int:
       const before = el.scrollTop; el.scrollBy(0, Math.round(innerHeight * 0.8)); return el.scrollTop === before; }"""
     for _ in range(500):
         at_end = page.evaluate(scroll)
-        page.wait_for_function(NONE_WAITING_NEAR, timeout=60_000)
+        page.wait_for_function(NONE_WAITING_NEAR, arg=WAITING, timeout=60_000)
         if at_end:
             break
     assert page.locator(WAITING).count() == 0
@@ -207,10 +207,10 @@ def test_the_home_page_prefetches_the_figure_and_table_code_once_idle(server, pa
     assert page.locator('[data-testid="stPlotlyChart"]').count() == 0  # nothing on home needed them
     before = page.evaluate(fetched)
     page.locator('[data-testid="stSidebarNav"] a[href$="/kfac"]').first.click()
-    waiting = page.locator('[class*="st-key-"][class*="-waiting"]').first  # far from the window: drawn when near
+    waiting = page.locator(WAITING).first  # far from the window: drawn when near
     waiting.wait_for(timeout=60_000)
     # (scrolled by the page's own script: the box goes once its lab comes near, maybe while being scrolled to)
-    page.evaluate("() => document.querySelector('[class*=\"st-key-\"][class*=\"-waiting\"]')?.scrollIntoView()")
+    page.evaluate("(sel) => document.querySelector(sel)?.scrollIntoView()", WAITING)
     page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length > 0",
                            timeout=60_000)
     again = [n for n in page.evaluate(fetched)[len(before):] if n in chunk_files()]
@@ -254,10 +254,9 @@ def test_a_lab_far_below_draws_its_figures_when_the_learner_scrolls_to_it(server
     page.goto(f"{server['url']}/riemannian")
     settle(page)
     charts = page.locator('[data-testid="stPlotlyChart"]')
-    waiting = page.locator('[class*="st-key-"][class*="-waiting"]')
+    waiting = page.locator(WAITING)
     # (on the server's first page the labs are drawn once their imports are done)
-    page.wait_for_function("() => document.querySelectorAll('[class*=\"st-key-\"][class*=\"-waiting\"]').length == 7",
-                           timeout=60_000)
+    page.wait_for_function("(sel) => document.querySelectorAll(sel).length == 7", arg=WAITING, timeout=60_000)
     settle(page)
     assert charts.count() == 0 and waiting.count() == 7
     box = page.locator(".st-key-pe-loss-waiting")

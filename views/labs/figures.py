@@ -73,6 +73,7 @@ def _slug(text: str) -> str:
 # time it comes near, reruns the lab (its fragment alone); the session remembers it. A session without a browser
 # (AppTest, scripts/lab_defaults.py) runs no JavaScript and draws every figure at once.
 NEAR_MARGIN = "400px 0px"
+WAITING = "-waiting"  # the key suffix of a figure's box while it waits (the sensor looks for it)
 NEAR_JS = """
 export default function ({ parentElement, setStateValue, data }) {
   const host = parentElement.host || parentElement;
@@ -81,7 +82,7 @@ export default function ({ parentElement, setStateValue, data }) {
   // a new number each time, so that each is a change that reruns the lab; asked again each second while the
   // lab is near and a figure in it still waits, in case the rerun it asked for did not come
   const ask = () => {
-    if (!near || (asked && !frame.querySelector('[class*="-waiting"]'))) return;
+    if (!near || (asked && !frame.querySelector(`[class*="${data.waiting}"]`))) return;
     setStateValue("near", ++asked);
     host.setAttribute("data-near-asked", String(asked));  // (for tests: how many times it asked)
   };
@@ -123,7 +124,7 @@ def figures_near(lab: Lab) -> bool:
     flag = f"_figures-near:{lab.id}"
     if st.session_state.get(flag) or not _in_browser():
         return True
-    seen = _sensor()(key=f"near-sensor-{lab.id}", data={"margin": NEAR_MARGIN}, default={"near": 0},
+    seen = _sensor()(key=f"near-sensor-{lab.id}", data={"margin": NEAR_MARGIN, "waiting": WAITING}, default={"near": 0},
                      on_near_change=lambda: None)
     if getattr(seen, "near", 0):  # how many times the browser asked: once is enough
         st.session_state[flag] = True
@@ -134,7 +135,7 @@ def figures_near(lab: Lab) -> bool:
 def _waiting(fig: go.Figure, key: str, where) -> None:
     """The box a figure will be drawn in: its height, a line saying so."""
     height = fig.layout.height if isinstance(fig.layout.height, (int, float)) and fig.layout.height > 0 else 450
-    box = where.container(height=int(height), border=False, key=f"{key}-waiting")
+    box = where.container(height=int(height), border=False, key=key + WAITING)
     box.caption(":material/hourglass_empty: The figure is drawn as you scroll to it.")
 
 
